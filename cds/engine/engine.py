@@ -1,0 +1,108 @@
+"""The engine facade: compiled libraries + a worker pool + bundle trimming.
+
+`Engine.evaluate` is the one call the rest of the service makes: a patient Bundle, the
+libraries to run and the evaluation time in; every `define`'s value out, typed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import elm as elm_mod
+from .pool import WorkerPool
+from .trim import trim_bundle
+from .values import CqlValue, decode
+
+
+def load_elm_dir(directory: Path) -> dict[str, dict[str, Any]]:
+    """Every compiled library in `directory` (`<Name>.json`), keyed by library name."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(directory.glob("*.json")):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        out[elm_mod.library_name(doc)] = doc
+    return out
+
+
+def execution_time(at: datetime | str) -> str:
+    """ISO form in UTC, with milliseconds, as cql-execution parses it."""
+    if isinstance(at, str):
+        try:
+            at = datetime.fromisoformat(at.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError(f"evaluation time is not an ISO date-time: {at!r}") from exc
+    if at.tzinfo is None:
+        raise ValueError("evaluation time needs a UTC offset (e.g. 2026-11-26T09:00:00Z)")
+    return at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Every define of every evaluated library, decoded (`values[library][define]`)."""
+
+    at: str
+    values: dict[str, dict[str, CqlValue]]
+    raw: dict[str, dict[str, Any]]
+
+    def __getitem__(self, library: str) -> dict[str, CqlValue]:
+        return self.values[library]
+
+
+class Engine:
+    """Compiled libraries bound to a pool of CQL workers."""
+
+    def __init__(
+        self,
+        libraries: Mapping[str, Mapping[str, Any]],
+        *,
+        pool_size: int | None = None,
+        timeout: float = 10.0,
+        trim: bool = True,
+        command: Sequence[str] | None = None,
+    ) -> None:
+        self.libraries = {k: dict(v) for k, v in libraries.items()}
+        self.trim = trim
+        self.pool = WorkerPool(self.libraries, size=pool_size, timeout=timeout, command=command)
+        self._requirements: dict[frozenset[str], dict[str, elm_mod.TypeRequirement]] = {}
+
+    @classmethod
+    def from_directory(cls, directory: Path, **kwargs: Any) -> Engine:
+        return cls(load_elm_dir(directory), **kwargs)
+
+    def start(self) -> Engine:
+        self.pool.start()
+        return self
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def requirements(self, libraries: Sequence[str]) -> dict[str, elm_mod.TypeRequirement]:
+        key = frozenset(libraries)
+        if key not in self._requirements:
+            self._requirements[key] = elm_mod.data_requirements(libraries, self.libraries)
+        return self._requirements[key]
+
+    def evaluate(
+        self,
+        bundle: Mapping[str, Any] | None,
+        libraries: Sequence[str],
+        at: datetime | str,
+        *,
+        parameters: Mapping[str, Mapping[str, Any]] | None = None,
+        timeout: float | None = None,
+    ) -> EvaluationResult:
+        when = execution_time(at)
+        sent = trim_bundle(bundle, self.requirements(libraries)) if (bundle and self.trim) else bundle
+        raw = self.pool.evaluate(libraries, sent, when, parameters=parameters, timeout=timeout)
+        values = {lib: {name: decode(v) for name, v in defs.items()} for lib, defs in raw.items()}
+        return EvaluationResult(at=when, values=values, raw=raw)

@@ -1,0 +1,362 @@
+"""A pool of long-lived Node workers running the reference CQL engine.
+
+Why a pool of processes: the reference engine (cql-execution + cql-exec-fhir) is JavaScript,
+and loading libraries and building executors costs far more than evaluating one patient, so
+workers are started once, loaded once and reused. Each worker serves one request at a time;
+the pool hands idle workers to callers from a queue, so a caller never shares a worker.
+
+Failure model: a worker that times out, dies, or writes anything that is not a reply line is
+killed (SIGKILL) and replaced in the background, and the caller gets an `EngineError` at once.
+Workers read their requests from stdin and exit when it closes, so even a hard kill of this
+Python process leaves no Node process behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import json
+import logging
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ENGINE_DIR = Path(__file__).resolve().parent
+WORKER_SCRIPT = ENGINE_DIR / "worker.mjs"
+
+
+class EngineError(RuntimeError):
+    """The CQL engine could not answer: a worker crashed, hung, or the request was invalid."""
+
+
+class EngineTimeout(EngineError):
+    """The call did not finish within its timeout; the worker was replaced."""
+
+
+class EngineUnavailable(EngineError):
+    """No worker could be had (the pool is closed or could not start)."""
+
+
+def node_command() -> list[str]:
+    node = shutil.which("node")
+    if node is None:
+        raise EngineUnavailable("Node.js is not installed (the CQL engine needs `node` on PATH)")
+    if not (ENGINE_DIR / "node_modules" / "cql-execution").is_dir():
+        raise EngineUnavailable(
+            f"the CQL engine's Node packages are not installed: run `npm ci --prefix {ENGINE_DIR}`"
+        )
+    return [node, str(WORKER_SCRIPT)]
+
+
+_EOF = object()
+
+
+@dataclass(eq=False)
+class _Worker:
+    proc: subprocess.Popen[str]
+    lines: queue.Queue[Any] = field(default_factory=queue.Queue)
+    calls: int = 0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - the kernel did not reap in time
+            log.error("CQL worker %s did not die after SIGKILL", self.proc.pid)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                if stream:
+                    stream.close()
+            except OSError:
+                pass
+
+
+_ALL_POOLS: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_pools() -> None:
+    for pool in list(_ALL_POOLS):
+        pool.close()
+
+
+class WorkerPool:
+    """Owns `size` Node workers with the same libraries loaded.
+
+    `libraries` maps library name to its ELM JSON (every library a call may name, and every
+    library they include). `value_sets` is the cql-execution value set dictionary.
+    """
+
+    def __init__(
+        self,
+        libraries: Mapping[str, Mapping[str, Any]],
+        *,
+        size: int | None = None,
+        timeout: float = 10.0,
+        start_timeout: float = 30.0,
+        value_sets: Mapping[str, Any] | None = None,
+        command: Sequence[str] | None = None,
+    ) -> None:
+        self.libraries = dict(libraries)
+        self.size = size or max(1, min(4, os.cpu_count() or 1))
+        self.timeout = timeout
+        self.start_timeout = start_timeout
+        self.value_sets = dict(value_sets or {})
+        self._command = list(command) if command else None
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._all: set[_Worker] = set()
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._started = False
+        _ALL_POOLS.add(self)
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> WorkerPool:
+        """Start every worker, load the libraries and warm each one; raise if any fails."""
+        if self._started:
+            return self
+        self._started = True
+        errors: list[BaseException] = []
+
+        def boot() -> None:
+            try:
+                self._idle.put(self._spawn())
+            except BaseException as exc:  # noqa: BLE001 - collected and re-raised below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=boot, daemon=True) for _ in range(self.size)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            self.close()
+            raise EngineUnavailable(f"CQL workers failed to start: {errors[0]}") from errors[0]
+        return self
+
+    def close(self) -> None:
+        """Stop every worker: close stdin (clean exit), then kill what is left."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            workers = list(self._all)
+            self._all.clear()
+        for w in workers:
+            try:
+                if w.proc.stdin:
+                    w.proc.stdin.close()
+            except OSError:
+                pass
+        deadline = time.monotonic() + 2.0
+        for w in workers:
+            try:
+                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            w.kill()
+
+    def __enter__(self) -> WorkerPool:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pids(self) -> list[int]:
+        with self._lock:
+            return sorted(w.pid for w in self._all if w.alive())
+
+    @property
+    def ready(self) -> bool:
+        return self._started and not self._closed and bool(self.pids)
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def _spawn(self) -> _Worker:
+        cmd = self._command or node_command()
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            bufsize=1,
+            cwd=str(ENGINE_DIR),
+        )
+        worker = _Worker(proc)
+        threading.Thread(target=self._read_stdout, args=(worker,), daemon=True).start()
+        threading.Thread(target=self._drain_stderr, args=(worker,), daemon=True).start()
+        with self._lock:
+            if self._closed:
+                worker.kill()
+                raise EngineUnavailable("the CQL worker pool is closed")
+            self._all.add(worker)
+        try:
+            self._call(worker, {"op": "load", "libraries": self.libraries, "valueSets": self.value_sets},
+                       self.start_timeout)
+            # Warm-up: one evaluation of every library on an empty record, so the first real
+            # call does not pay for lazy initialisation inside the engine.
+            warm_bundle = {"resourceType": "Bundle", "type": "collection",
+                           "entry": [{"resource": {"resourceType": "Patient", "id": "warm-up"}}]}
+            self._call(worker, {"op": "evaluate", "libraries": sorted(self.libraries),
+                                "bundle": warm_bundle, "executionDateTime": "2000-01-01T00:00:00Z"},
+                       self.start_timeout)
+        except BaseException:
+            self._retire(worker)
+            raise
+        return worker
+
+    @staticmethod
+    def _read_stdout(worker: _Worker) -> None:
+        assert worker.proc.stdout is not None
+        try:
+            for line in worker.proc.stdout:
+                worker.lines.put(line)
+        except (OSError, ValueError):
+            pass
+        worker.lines.put(_EOF)
+
+    @staticmethod
+    def _drain_stderr(worker: _Worker) -> None:
+        assert worker.proc.stderr is not None
+        try:
+            for line in worker.proc.stderr:
+                log.debug("cql worker %s: %s", worker.pid, line.rstrip())
+        except (OSError, ValueError):
+            pass
+
+    def _retire(self, worker: _Worker) -> None:
+        with self._lock:
+            self._all.discard(worker)
+        worker.kill()
+
+    def _replace(self, worker: _Worker) -> None:
+        """Kill a broken worker and start its successor in the background."""
+        self._retire(worker)
+        if self._closed:
+            return
+
+        def respawn() -> None:
+            try:
+                self._idle.put(self._spawn())
+            except EngineError as exc:
+                log.error("could not replace a CQL worker: %s", exc)
+
+        threading.Thread(target=respawn, daemon=True).start()
+
+    def _call(self, worker: _Worker, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send one request and wait for its reply; raise EngineError on any fault."""
+        request_id = next(self._ids)
+        line = json.dumps({"id": request_id, **message}, separators=(",", ":"), default=str)
+        assert worker.proc.stdin is not None
+        try:
+            worker.proc.stdin.write(line + "\n")
+            worker.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError) as exc:
+            raise EngineError(f"CQL worker {worker.pid} is gone ({exc.__class__.__name__})") from exc
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise EngineTimeout(f"CQL evaluation timed out after {timeout:.1f} s (worker {worker.pid} killed)")
+            try:
+                raw = worker.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if raw is _EOF:
+                code = worker.proc.poll()
+                raise EngineError(f"CQL worker {worker.pid} exited (code {code}) before answering")
+            try:
+                reply = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise EngineError(f"CQL worker {worker.pid} wrote a line that is not JSON: {raw[:80]!r}") from exc
+            if not isinstance(reply, dict) or reply.get("id") != request_id:
+                raise EngineError(f"CQL worker {worker.pid} answered out of turn: {str(raw)[:80]!r}")
+            if not reply.get("ok"):
+                raise _RequestError(str(reply.get("error") or "unknown engine error"))
+            worker.calls += 1
+            return reply
+
+    # -- public ---------------------------------------------------------------------------
+
+    def request(self, message: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        """Run one request on an idle worker. Timeout covers waiting for a worker and the call."""
+        if not self._started:
+            self.start()
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._closed:
+                raise EngineUnavailable("the CQL worker pool is closed")
+            try:
+                worker = self._idle.get(timeout=max(0.01, min(0.5, deadline - time.monotonic())))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    raise EngineTimeout(f"no CQL worker became free within {timeout:.1f} s") from None
+                continue
+            if worker.alive():
+                break
+            self._replace(worker)
+        try:
+            reply = self._call(worker, message, max(0.05, deadline - time.monotonic()))
+        except _RequestError as exc:
+            # The worker is healthy; the request was bad (e.g. an unknown library).
+            self._idle.put(worker)
+            raise EngineError(str(exc)) from None
+        except EngineError:
+            self._replace(worker)
+            raise
+        except BaseException:
+            self._replace(worker)
+            raise
+        self._idle.put(worker)
+        return reply
+
+    def evaluate(
+        self,
+        libraries: Sequence[str],
+        bundle: Mapping[str, Any] | None,
+        execution_datetime: str,
+        *,
+        parameters: Mapping[str, Mapping[str, Any]] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Evaluate every `define` of each named library for one patient; raw tagged JSON."""
+        unknown = [name for name in libraries if name not in self.libraries]
+        if unknown:
+            raise EngineError(f"unknown CQL libraries: {', '.join(unknown)}")
+        reply = self.request(
+            {"op": "evaluate", "libraries": list(libraries), "bundle": bundle,
+             "executionDateTime": execution_datetime, "parameters": parameters or {}},
+            timeout=timeout,
+        )
+        return reply["results"]
+
+
+class _RequestError(EngineError):
+    """The worker answered with an error for this request (it stays in service)."""

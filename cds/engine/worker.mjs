@@ -1,0 +1,159 @@
+// A long-lived CQL execution worker: cql-execution + cql-exec-fhir, JSON lines on stdin/stdout.
+//
+// Requests (one JSON object per line), each answered by exactly one line with the same "id":
+//   {"id", "op": "load", "libraries": {name: elm, ...}, "valueSets": {url: {version: [codes]}}}
+//   {"id", "op": "evaluate", "libraries": [name, ...], "bundle": {...}|null,
+//    "executionDateTime": "2026-01-01T00:00:00Z", "parameters": {lib: {name: value}}}
+//   {"id", "op": "ping"}
+// Replies: {"id", "ok": true, ...} or {"id", "ok": false, "error": "..."}.
+//
+// Libraries are loaded once; executors and the FHIR patient source are built once and reused,
+// because building them is most of the cost of a small evaluation. Nothing but reply lines is
+// ever written to stdout (the Python pool treats anything else as a broken worker).
+import readline from "node:readline";
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+const cql = require("cql-execution");
+const cqlfhir = require("cql-exec-fhir");
+
+const state = {
+  repository: null,
+  elm: {},
+  codeService: new cql.CodeService({}),
+  executors: new Map(),
+  patientSource: cqlfhir.PatientSource.FHIRv401(),
+};
+
+// Keep console output of the engine (it logs "Failed to locate element ..." on odd data) off stdout.
+console.log = (...args) => process.stderr.write(args.map(String).join(" ") + "\n");
+console.warn = console.log;
+console.info = console.log;
+
+function toJson(value) {
+  if (value === null || value === undefined) return null;
+  if (typeof value === "number") return Number.isFinite(value) ? value : null;
+  if (typeof value === "boolean" || typeof value === "string") return value;
+  if (Array.isArray(value)) return value.map(toJson);
+  if (value instanceof cql.Code) {
+    return { "@type": "Code", code: value.code ?? null, system: value.system ?? null, version: value.version ?? null, display: value.display ?? null };
+  }
+  if (value instanceof cql.Concept) {
+    return { "@type": "Concept", codes: (value.codes || []).map(toJson), display: value.display ?? null };
+  }
+  if (value instanceof cql.Quantity) return { "@type": "Quantity", value: toJson(value.value), unit: value.unit ?? null };
+  if (value instanceof cql.Ratio) return { "@type": "Ratio", numerator: toJson(value.numerator), denominator: toJson(value.denominator) };
+  if (value instanceof cql.Interval) {
+    return { "@type": "Interval", low: toJson(value.low), high: toJson(value.high), lowClosed: value.lowClosed, highClosed: value.highClosed };
+  }
+  if (value instanceof cql.DateTime) {
+    return value.isTime() ? { "@type": "Time", value: value.toStringTime().replace(/^T/, "") } : { "@type": "DateTime", value: value.toString() };
+  }
+  if (value instanceof cql.Date) return { "@type": "Date", value: value.toString() };
+  if (value && value.constructor && value.constructor.name === "Uncertainty") {
+    return { "@type": "Uncertainty", low: toJson(value.low), high: toJson(value.high) };
+  }
+  if (value && value._typeInfo && Object.prototype.hasOwnProperty.call(value, "_json")) {
+    // A FHIR object from cql-exec-fhir: serialise the resource or element as it came in.
+    return { "@type": `FHIR.${value._typeInfo.name}`, value: value._json ?? null };
+  }
+  if (value instanceof cql.ValueSet || value instanceof cql.CodeSystem) {
+    return { "@type": value.constructor.name, id: value.oid ?? value.id ?? null, version: value.version ?? null };
+  }
+  if (typeof value === "object") {
+    const out = {};
+    for (const [k, v] of Object.entries(value)) out[k] = toJson(v);
+    return out;
+  }
+  return String(value);
+}
+
+function load(req) {
+  const libs = req.libraries || {};
+  state.elm = libs;
+  state.repository = new cql.Repository(libs);
+  state.codeService = new cql.CodeService(req.valueSets || {});
+  state.executors = new Map();
+  return { libraries: Object.keys(libs) };
+}
+
+function executorFor(name) {
+  let ex = state.executors.get(name);
+  if (ex) return ex;
+  const elm = state.elm[name];
+  if (!elm) throw new Error(`library ${name} is not loaded`);
+  const version = elm.library && elm.library.identifier && elm.library.identifier.version;
+  const lib = state.repository.resolve(name, version);
+  if (!lib) throw new Error(`library ${name} could not be resolved (missing include?)`);
+  ex = new cql.Executor(lib, state.codeService);
+  state.executors.set(name, ex);
+  return ex;
+}
+
+async function evaluate(req) {
+  if (!state.repository) throw new Error("no libraries loaded");
+  const at = req.executionDateTime ? cql.DateTime.parse(req.executionDateTime) : null;
+  if (req.executionDateTime && !at) throw new Error(`executionDateTime is not an ISO date-time: ${req.executionDateTime}`);
+  const results = {};
+  for (const name of req.libraries || []) {
+    const ex = executorFor(name);
+    const params = (req.parameters && req.parameters[name]) || {};
+    ex.withParameters(params);
+    const ps = state.patientSource;
+    ps.reset();
+    if (req.bundle) ps.loadBundles([req.bundle]);
+    const r = await ex.exec(ps, at || undefined);
+    const patientIds = Object.keys(r.patientResults || {});
+    const merged = { ...(r.unfilteredResults || {}) };
+    if (patientIds.length) Object.assign(merged, r.patientResults[patientIds[0]]);
+    const out = {};
+    for (const [k, v] of Object.entries(merged)) {
+      if (k === "Patient" && !req.includePatient) continue;
+      out[k] = toJson(v);
+    }
+    results[name] = out;
+  }
+  return { results };
+}
+
+async function handle(req) {
+  switch (req.op) {
+    case "ping":
+      return { pid: process.pid };
+    case "load":
+      return load(req);
+    case "evaluate":
+      return evaluate(req);
+    default:
+      throw new Error(`unknown op ${JSON.stringify(req.op)}`);
+  }
+}
+
+function reply(obj) {
+  process.stdout.write(JSON.stringify(obj) + "\n");
+}
+
+async function onLine(line) {
+  if (!line.trim()) return;
+  let req;
+  try {
+    req = JSON.parse(line);
+  } catch (err) {
+    reply({ id: null, ok: false, error: `request is not JSON: ${err.message}` });
+    return;
+  }
+  try {
+    reply({ id: req.id, ok: true, ...(await handle(req)) });
+  } catch (err) {
+    reply({ id: req.id, ok: false, error: String((err && err.message) || err) });
+  }
+}
+
+// Requests share one patient source, so they run strictly one after another.
+let chain = Promise.resolve();
+const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
+rl.on("line", (line) => {
+  chain = chain.then(() => onLine(line));
+});
+// The pool closes stdin to ask for a clean exit; dying with our parent avoids orphans.
+rl.on("close", () => chain.then(() => process.exit(0)));
