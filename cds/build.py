@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .engine.translator import Translation, TranslationError, translate_files
+from .engine.translator import Translation, TranslationError, TranslationMessage, translate_files
 from .paths import ELM_DIR, RULES_DIR
 
 
@@ -24,26 +24,25 @@ def cql_files(rules_dir: Path = RULES_DIR) -> list[Path]:
     return sorted(rules_dir.glob("*.cql"))
 
 
-def translate_rules(rules_dir: Path = RULES_DIR) -> list[Translation]:
-    """Translate every CQL file; raise TranslationError listing file:line: message on failure."""
-    results = translate_files(cql_files(rules_dir), [rules_dir])
-    failed = [t for t in results if not t.ok]
-    if failed:
-        raise TranslationError(failed)
-    for t in results:
+def translate_all(rules_dir: Path = RULES_DIR) -> list[Translation]:
+    """Translate every CQL file; failures are returned (with file:line errors), not raised."""
+    results = []
+    for t in translate_files(cql_files(rules_dir), [rules_dir]):
         expected = Path(t.file or "").stem
-        if t.library != expected:
-            raise TranslationError([Translation(
-                t.library, t.version, None, file=t.file,
-                errors=[_msg(f"library {t.library} must live in {t.library}.cql (file is {expected}.cql)")],
-            )])
+        if t.ok and t.library != expected:
+            t = Translation(t.library, t.version, None, file=t.file, errors=[TranslationMessage(
+                f"library {t.library} must live in {t.library}.cql (the file is {expected}.cql)")])
+        results.append(t)
     return results
 
 
-def _msg(text: str) -> Any:
-    from .engine.translator import TranslationMessage
-
-    return TranslationMessage(text)
+def translate_rules(rules_dir: Path = RULES_DIR) -> list[Translation]:
+    """Translate every CQL file; raise TranslationError listing file:line: message on failure."""
+    results = translate_all(rules_dir)
+    failed = [t for t in results if not t.ok]
+    if failed:
+        raise TranslationError(failed)
+    return results
 
 
 @dataclass(frozen=True)
@@ -54,15 +53,20 @@ class CompileReport:
 
 
 def compile_rules(rules_dir: Path = RULES_DIR, elm_dir: Path = ELM_DIR) -> CompileReport:
-    """Write ELM for every library; remove ELM whose CQL is gone."""
-    translations = translate_rules(rules_dir)
+    """Write ELM for every library that translates; remove ELM whose CQL is gone.
+
+    A library that fails keeps its previous ELM (so one broken file does not take the others
+    down) and the whole call then raises TranslationError with every file:line message.
+    """
+    translations = translate_all(rules_dir)
     elm_dir.mkdir(parents=True, exist_ok=True)
     written, unchanged = [], []
-    keep = set()
+    keep = {f"{p.stem}.json" for p in cql_files(rules_dir)}
     for t in translations:
+        if not t.ok:
+            continue
         assert t.elm is not None and t.library
         target = elm_dir / f"{t.library}.json"
-        keep.add(target.name)
         text = elm_text(t.elm)
         if target.exists() and target.read_text(encoding="utf-8") == text:
             unchanged.append(target)
@@ -74,6 +78,9 @@ def compile_rules(rules_dir: Path = RULES_DIR, elm_dir: Path = ELM_DIR) -> Compi
         if old.name not in keep:
             old.unlink()
             removed.append(old)
+    failed = [t for t in translations if not t.ok]
+    if failed:
+        raise TranslationError(failed)
     return CompileReport(written, unchanged, removed)
 
 

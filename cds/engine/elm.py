@@ -128,6 +128,9 @@ class _Resolver:
             return out
         if kind in {"ToList", "ToConcept", "As"}:
             return self.codes(node.get("operand"), lib, depth + 1)
+        if kind == "Property" and node.get("path") == "codes":
+            # `[Observation: "Some Concept"]` translates to Property(codes, ConceptRef).
+            return self.codes(node.get("source"), lib, depth + 1)
         if kind == "Concept":
             return self.codes({"type": "List", "element": node.get("code") or []}, lib, depth + 1)
         if kind == "ConceptRef":

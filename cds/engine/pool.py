@@ -265,7 +265,8 @@ class WorkerPool:
             try:
                 self._idle.put(self._spawn())
             except EngineError as exc:
-                log.error("could not replace a CQL worker: %s", exc)
+                if not self._closed:  # closing the pool mid-respawn is not a failure
+                    log.error("could not replace a CQL worker: %s", exc)
 
         threading.Thread(target=respawn, daemon=True).start()
 
@@ -289,7 +290,10 @@ class WorkerPool:
             except queue.Empty:
                 continue
             if raw is _EOF:
-                code = worker.proc.poll()
+                try:  # stdout closes a moment before the process is reaped: wait for its status
+                    code = worker.proc.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    code = None
                 raise EngineError(f"CQL worker {worker.pid} exited (code {code}) before answering")
             try:
                 reply = json.loads(raw)

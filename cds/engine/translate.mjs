@@ -27,6 +27,13 @@ import {
 import { SystemModelInfoProvider } from "@cqframework/cql/cql";
 import ucumPkg from "@lhncbc/ucum-lhc";
 
+// The translator's logger (kotlin-logging) prints to stdout: keep stdout for replies only.
+const writeReply = process.stdout.write.bind(process.stdout);
+process.stdout.write = (chunk, ...rest) => process.stderr.write(chunk, ...rest);
+for (const level of ["log", "info", "debug", "warn", "trace"]) {
+  console[level] = (...args) => process.stderr.write(args.map(String).join(" ") + "\n");
+}
+
 const require = createRequire(import.meta.url);
 const FHIR_MODELINFO = fs.readFileSync(
   path.join(path.dirname(require.resolve("cql-exec-fhir")), "modelInfos", "fhir-modelinfo-4.0.1.xml"),
@@ -59,7 +66,6 @@ function compilerOptions() {
   // text travels beside the ELM (Library.content) and would double the size of every bundle.
   return new CqlCompilerOptions().withOptions([
     O.EnableLocators,
-    O.EnableResultTypes,
     O.DisableListDemotion,
     O.DisableListPromotion,
   ]);
@@ -148,7 +154,7 @@ async function main() {
   const translate = makeTranslator(args.rules);
   if (!args.serve) {
     const items = args.files.map((f) => ({ file: f, cql: fs.readFileSync(f, "utf8") }));
-    process.stdout.write(JSON.stringify({ results: translate(items) }));
+    writeReply(JSON.stringify({ results: translate(items) }));
     return;
   }
   const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
@@ -158,7 +164,7 @@ async function main() {
     try {
       req = JSON.parse(line);
     } catch (err) {
-      process.stdout.write(JSON.stringify({ id: null, error: `request is not JSON: ${err.message}` }) + "\n");
+      writeReply(JSON.stringify({ id: null, error: `request is not JSON: ${err.message}` }) + "\n");
       continue;
     }
     let reply;
@@ -168,7 +174,7 @@ async function main() {
     } catch (err) {
       reply = { id: req.id, error: String(err && err.stack || err) };
     }
-    process.stdout.write(JSON.stringify(reply) + "\n");
+    writeReply(JSON.stringify(reply) + "\n");
   }
 }
 

@@ -88,8 +88,8 @@ def translate_files(files: Sequence[Path], rules_dirs: Sequence[Path]) -> list[T
     """Translate CQL files in one batch; includes resolve from `rules_dirs`."""
     cmd = [_node(), str(TRANSLATE_SCRIPT)]
     for d in rules_dirs:
-        cmd += ["--rules", str(d)]
-    cmd += [str(f) for f in files]
+        cmd += ["--rules", str(Path(d).resolve())]
+    cmd += [str(Path(f).resolve()) for f in files]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ENGINE_DIR), timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"the CQL translator failed: {proc.stderr.strip()[-2000:]}")
@@ -102,7 +102,7 @@ class Translator:
     def __init__(self, rules_dirs: Sequence[Path] = ()) -> None:
         cmd = [_node(), str(TRANSLATE_SCRIPT), "--serve"]
         for d in rules_dirs:
-            cmd += ["--rules", str(d)]
+            cmd += ["--rules", str(Path(d).resolve())]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, text=True, bufsize=1, cwd=str(ENGINE_DIR))
         self._lock = threading.Lock()

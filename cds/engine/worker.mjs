@@ -17,6 +17,16 @@ const require = createRequire(import.meta.url);
 const cql = require("cql-execution");
 const cqlfhir = require("cql-exec-fhir");
 
+// `[Observation: "Some Codes"]` where "Some Codes" is a List<Code> define: the translator cannot
+// resolve a membership operator for it and emits `ToList(<the list>)`, so cql-execution gets a
+// list of lists and fails with "c.hasMatch is not a function". The meaning is "any of these
+// codes": flatten before matching.
+const { Retrieve } = require("cql-execution/lib/elm/external");
+const matchCodes = Retrieve.prototype.recordMatchesCodesOrVS;
+Retrieve.prototype.recordMatchesCodesOrVS = function (record, codes) {
+  return matchCodes.call(this, record, Array.isArray(codes) ? codes.flat(Infinity) : codes);
+};
+
 const state = {
   repository: null,
   elm: {},
