@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .paths import ELM_DIR, RULES_DIR
+from .paths import BUNDLES_DIR, ELM_DIR, RULES_DIR
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Clinical-trial eligibility as CDS Hooks over FHIR R4.")
 err = Console(stderr=True)
@@ -21,17 +21,28 @@ err = Console(stderr=True)
 def build(
     rules: Annotated[Path, typer.Option(help="Directory of CQL libraries")] = RULES_DIR,
     elm: Annotated[Path, typer.Option(help="Where the compiled ELM goes")] = ELM_DIR,
+    bundles: Annotated[Path, typer.Option(help="Where the FHIR bundles go")] = BUNDLES_DIR,
 ) -> None:
-    """Translate every rules/*.cql to ELM JSON with the official CQL translator."""
+    """Translate every rules/*.cql to ELM JSON (official CQL translator) and write the trial bundles."""
     from .build import compile_rules
     from .engine.translator import TranslationError
+
+    from .bundles import write_bundles
 
     try:
         report = compile_rules(rules, elm)
     except TranslationError as exc:
-        err.print(f"[red]CQL translation failed[/red]\n{exc}", markup=True, highlight=False)
+        err.print("[red]CQL translation failed[/red]", markup=True)
+        err.print(str(exc), markup=False, highlight=False)
         raise typer.Exit(1) from None
     err.print(f"ELM: {len(report.written)} written, {len(report.unchanged)} unchanged, {len(report.removed)} removed")
+    try:
+        changed = write_bundles(bundles, rules, elm)
+    except (ValueError, OSError) as exc:
+        err.print("[red]bundle build failed[/red]", markup=True)
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    err.print(f"bundles: {len(changed)} written in {bundles}")
 
 
 def _read_bundle(path: Path) -> dict:
@@ -63,27 +74,36 @@ def _parse_at(at: str | None) -> datetime:
 @app.command()
 def evaluate(
     bundle: Annotated[Path, typer.Argument(help="A patient's FHIR Bundle (JSON)")],
-    at: Annotated[str | None, typer.Option(help="Evaluation date-time (ISO); default now")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")] = False,
-    library: Annotated[list[str] | None, typer.Option(help="Evaluate these CQL libraries (raw defines) instead of the trials")] = None,
+    at: Annotated[str | None, typer.Option(help="Evaluation date-time (ISO 8601); default now")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the machine-readable result (DESIGN contract)")] = False,
+    catalogue: Annotated[Path, typer.Option(help="Directory of trial bundles")] = BUNDLES_DIR,
 ) -> None:
-    """Evaluate one patient's Bundle and print every define of the given libraries."""
+    """Evaluate one patient's Bundle against every trial and print the verdicts."""
+    from .catalogue import Catalogue
+    from .eligibility import evaluate_trials
     from .engine import Engine, EngineError
 
     doc = _read_bundle(bundle)
     when = _parse_at(at)
-    names = list(library or [])
-    if not names:
-        err.print("no trials are in the catalogue yet; name libraries with --library")
-        raise typer.Exit(2)
-    with Engine.from_directory(ELM_DIR, pool_size=1) as engine:
+    cat = Catalogue.from_directory(catalogue)
+    for problem in cat.problems:
+        err.print(f"[yellow]catalogue: {problem}[/yellow]", markup=True)
+    if not cat.trials:
+        err.print(f"no trials found in {catalogue} (run `trial-cds build`)")
+        raise typer.Exit(1)
+    with Engine(cat.libraries, pool_size=1) as engine:
         try:
-            result = engine.evaluate(doc, names, when)
+            results = evaluate_trials(engine, cat, doc, when)
         except EngineError as exc:
             err.print(f"evaluation failed: {exc}")
             raise typer.Exit(1) from None
-    json.dump(result.raw, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    if as_json:
+        json.dump([r.model_dump(mode="json") for r in results], sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return
+    from .report import print_results
+
+    print_results(Console(), cat, results, when)
 
 
 if __name__ == "__main__":  # pragma: no cover

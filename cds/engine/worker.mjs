@@ -16,15 +16,23 @@ import { createRequire } from "node:module";
 const require = createRequire(import.meta.url);
 const cql = require("cql-execution");
 const cqlfhir = require("cql-exec-fhir");
+const { checkUnit } = require("cql-execution/lib/util/units");
 
-// `[Observation: "Some Codes"]` where "Some Codes" is a List<Code> define: the translator cannot
-// resolve a membership operator for it and emits `ToList(<the list>)`, so cql-execution gets a
-// list of lists and fails with "c.hasMatch is not a function". The meaning is "any of these
-// codes": flatten before matching.
+const UCUM = "http://unitsofmeasure.org";
+
+// Code filter of a retrieve, replacing cql-execution's Retrieve.recordMatchesCodesOrVS:
+// - `[Observation: "Some Codes"]` where "Some Codes" is a List<Code> define: the translator
+//   cannot resolve a membership operator for it and emits `ToList(<the list>)`, so the engine
+//   gets a list of lists and fails with "c.hasMatch is not a function". The meaning is "any of
+//   these codes": flatten before matching.
+// - The original reads the record's code once per code of the list (`codes.some(c =>
+//   c.hasMatch(record.getCode(...)))`), and in cql-exec-fhir each read builds new FHIR wrapper
+//   objects: with code lists that was most of the evaluation time. Read it once per record.
 const { Retrieve } = require("cql-execution/lib/elm/external");
-const matchCodes = Retrieve.prototype.recordMatchesCodesOrVS;
 Retrieve.prototype.recordMatchesCodesOrVS = function (record, codes) {
-  return matchCodes.call(this, record, Array.isArray(codes) ? codes.flat(Infinity) : codes);
+  const recordCode = record.getCode(this.codeProperty);
+  if (Array.isArray(codes)) return codes.flat(Infinity).some((c) => c.hasMatch(recordCode));
+  return codes.hasMatch(recordCode);
 };
 
 const state = {
@@ -78,6 +86,49 @@ function toJson(value) {
   return String(value);
 }
 
+/**
+ * cql-execution throws when it builds a Quantity whose unit is not valid UCUM, which would
+ * fail a whole library over one odd unit an EHR sent ("tablets", "mg/24hr"). Before a record
+ * reaches the engine, every FHIR Quantity whose effective unit (the UCUM code, else the unit
+ * text, as FHIRHelpers.ToQuantity picks it) is not valid UCUM gets a UCUM annotation instead,
+ * e.g. {tablets}: a valid, dimensionless unit that no rule accepts, so the value reads as
+ * "unit not recognised" (unknown) and the lab's text stays in `unit` for the evidence.
+ * "µ" (micro sign) written for UCUM's "u" is mapped, being the same unit.
+ */
+function validUnit(unit) {
+  try {
+    return checkUnit(unit).valid;
+  } catch (err) {
+    return false;
+  }
+}
+
+function sanitizeQuantities(node) {
+  if (Array.isArray(node)) {
+    for (const item of node) sanitizeQuantities(item);
+    return;
+  }
+  if (!node || typeof node !== "object") return;
+  const isQuantity = typeof node.value === "number" && !("resourceType" in node)
+    && ("unit" in node || "code" in node || "system" in node || "comparator" in node);
+  if (isQuantity) {
+    const ucum = node.system === UCUM;
+    const picked = ucum && typeof node.code === "string" ? node.code : node.unit;
+    if (typeof picked === "string" && !validUnit(picked)) {
+      const micro = picked.replace(/[\u00b5\u03bc]/g, "u");
+      const fixed = validUnit(micro)
+        ? micro
+        : "{" + picked.replace(/[^\x21-\x7e]|[{}]/g, "_") + "}";
+      node.system = UCUM;
+      node.code = fixed;
+      if (node.unit == null) node.unit = picked;
+    }
+  }
+  for (const [key, value] of Object.entries(node)) {
+    if (value && typeof value === "object") sanitizeQuantities(value);
+  }
+}
+
 function load(req) {
   const libs = req.libraries || {};
   state.elm = libs;
@@ -104,6 +155,7 @@ async function evaluate(req) {
   if (!state.repository) throw new Error("no libraries loaded");
   const at = req.executionDateTime ? cql.DateTime.parse(req.executionDateTime) : null;
   if (req.executionDateTime && !at) throw new Error(`executionDateTime is not an ISO date-time: ${req.executionDateTime}`);
+  if (req.bundle) sanitizeQuantities(req.bundle);
   const results = {};
   for (const name of req.libraries || []) {
     const ex = executorFor(name);

@@ -1,0 +1,105 @@
+"""Criterion results -> a verdict per trial (DESIGN, "Eligibility semantics").
+
+Python decides nothing about a criterion: status, evidence and missing codes all come from
+the CQL. This module only reads them into typed results and applies the verdict rule:
+excluded when an inclusion is not met or an exclusion is met; likely eligible when every
+data-decidable inclusion is met and every exclusion is not met; possibly eligible otherwise.
+Review-only criteria are carried along and never decide.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from ..catalogue import Catalogue, CriterionDef, TrialDef
+from ..engine import Engine
+from .models import Coding, CriterionResult, Evidence, TrialResult, Verdict
+
+_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+_STATUSES = {"met", "not-met", "unknown"}
+
+
+def _value(raw: Any) -> float | int | str | None:
+    """Evidence values arrive as text from CQL; plain numbers become JSON numbers."""
+    if raw is None or isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return raw
+    text = str(raw)
+    if _NUMBER.match(text):
+        return int(text) if "." not in text else float(text)
+    return text
+
+
+def _date(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if isinstance(raw, Mapping):
+        raw = raw.get("value")
+    return None if raw is None else str(raw)
+
+
+def _evidence(raw: Any) -> Evidence | None:
+    if not isinstance(raw, Mapping):
+        return None
+    return Evidence(
+        reference=raw.get("reference"),
+        value=_value(raw.get("value")),
+        unit=raw.get("unit"),
+        date=_date(raw.get("date")),
+        note=raw.get("note"),
+    )
+
+
+def _coding(raw: Any) -> Coding | None:
+    if not isinstance(raw, Mapping) or not raw.get("code"):
+        return None
+    return Coding(system=raw.get("system"), code=str(raw["code"]), display=raw.get("display"))
+
+
+def criterion_result(defn: CriterionDef, raw: Any) -> CriterionResult:
+    """One criterion from its define's raw engine value; a malformed value reads as unknown."""
+    if not isinstance(raw, Mapping) or raw.get("status") not in _STATUSES:
+        return CriterionResult(id=defn.id, type=defn.kind, text=defn.text, status="unknown",
+                               evidence=[Evidence(note=f"rule {defn.define!r} gave no result")])
+    evidence = [e for e in (_evidence(x) for x in raw.get("evidence") or []) if e is not None]
+    missing: list[Coding] = []
+    for m in raw.get("missing") or []:
+        c = _coding(m)
+        if c is not None and c not in missing:
+            missing.append(c)
+    return CriterionResult(id=defn.id, type=defn.kind, text=defn.text, status=raw["status"],
+                           evidence=evidence, missing=missing)
+
+
+def decide(criteria: Sequence[CriterionResult]) -> Verdict:
+    inclusions = [c for c in criteria if c.type == "inclusion"]
+    exclusions = [c for c in criteria if c.type == "exclusion"]
+    if any(c.status == "not-met" for c in inclusions) or any(c.status == "met" for c in exclusions):
+        return "excluded"
+    if all(c.status == "met" for c in inclusions) and all(c.status == "not-met" for c in exclusions):
+        return "likely-eligible"
+    return "possibly-eligible"
+
+
+def trial_result(trial: TrialDef, defines: Mapping[str, Any]) -> TrialResult:
+    criteria = [criterion_result(c, defines.get(c.define)) for c in trial.criteria]
+    return TrialResult(researchStudy=trial.id, verdict=decide(criteria), criteria=criteria)
+
+
+def evaluate_trials(
+    engine: Engine,
+    catalogue: Catalogue,
+    bundle: Mapping[str, Any],
+    at: datetime | str,
+    *,
+    trials: Iterable[TrialDef] | None = None,
+    timeout: float | None = None,
+) -> list[TrialResult]:
+    """Every trial's verdict for one patient record, in catalogue order (one engine call)."""
+    chosen = list(trials if trials is not None else catalogue.trials)
+    if not chosen:
+        return []
+    result = engine.evaluate(bundle, [t.library for t in chosen], at, timeout=timeout)
+    return [trial_result(t, result.raw.get(t.library, {})) for t in chosen]
