@@ -18,6 +18,10 @@ const cql = require("cql-execution");
 const cqlfhir = require("cql-exec-fhir");
 const { checkUnit } = require("cql-execution/lib/util/units");
 
+import { applyFastPaths } from "./fastpaths.mjs";
+
+applyFastPaths();
+
 const UCUM = "http://unitsofmeasure.org";
 
 // Code filter of a retrieve, replacing cql-execution's Retrieve.recordMatchesCodesOrVS:

@@ -1,0 +1,184 @@
+// Performance patches for cql-exec-fhir, applied once per worker. Each keeps the engine's
+// results identical and only avoids repeated work; the conformance suite and every rule test
+// run with them in place.
+//
+// Why: profiling a trial library on a 40-resource record showed most time in building FHIR
+// wrapper objects (FHIRObject: a property per element of the type hierarchy, per instance) and
+// in the garbage they leave. cql-exec-fhir builds a fresh wrapper on every retrieve and on
+// every property read (`O.value`, `O.effective` ... read dozens of times by shared functions).
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+const cqlfhir = require("cql-exec-fhir");
+
+const CACHE = Symbol("trial-cds.cache");
+
+function cacheOf(obj) {
+  let cache = obj[CACHE];
+  if (cache === undefined) {
+    cache = new Map();
+    Object.defineProperty(obj, CACHE, { value: cache, enumerable: false });
+  }
+  return cache;
+}
+
+let applied = false;
+
+/**
+ * Memoise, per wrapper instance, FHIRObject.get(path) (a pure function of the wrapped JSON),
+ * and, per loaded bundle, Patient.findRecords(type) (so every retrieve of a type, in every
+ * library evaluated for the same request, shares the same wrappers and their caches).
+ */
+export function applyFastPaths() {
+  if (applied) return;
+  applied = true;
+  distinctKeysForFhirObjects();
+  memoisedOverloads();
+  const source = cqlfhir.PatientSource.FHIRv401();
+  source.loadBundles([{ resourceType: "Bundle", entry: [{ resource: { resourceType: "Patient", id: "probe" } }] }]);
+  const patient = source.currentPatient();
+  const PatientProto = Object.getPrototypeOf(patient);
+  const FHIRObjectProto = Object.getPrototypeOf(PatientProto);
+
+  const originalGet = FHIRObjectProto.get;
+  FHIRObjectProto.get = function get(field) {
+    const cache = cacheOf(this);
+    if (cache.has(field)) return cache.get(field);
+    const value = originalGet.call(this, field);
+    cache.set(field, value);
+    return value;
+  };
+
+  // The type hierarchy of a FHIR type never changes: build it once per type, not per check.
+  const hierarchies = new WeakMap();
+  const originalHierarchy = FHIRObjectProto._typeHierarchy;
+  FHIRObjectProto._typeHierarchy = function _typeHierarchy() {
+    const info = this.getTypeInfo();
+    if (info == null) return originalHierarchy.call(this);
+    let h = hierarchies.get(info);
+    if (h === undefined) {
+      h = originalHierarchy.call(this);
+      hierarchies.set(info, h);
+    }
+    return h;
+  };
+
+  const byBundle = new WeakMap();
+  const originalFind = PatientProto.findRecords;
+  PatientProto.findRecords = function findRecords(profile, retrieveDetails) {
+    if (this._patientSourceOptions && this._patientSourceOptions.requireProfileTagging) {
+      return originalFind.call(this, profile, retrieveDetails);
+    }
+    let perType = byBundle.get(this._bundle);
+    if (perType === undefined) {
+      perType = new Map();
+      byBundle.set(this._bundle, perType);
+    }
+    const key = retrieveDetails && retrieveDetails.datatype ? retrieveDetails.datatype : profile;
+    let records = perType.get(key);
+    if (records === undefined) {
+      records = originalFind.call(this, profile, retrieveDetails);
+      perType.set(key, records);
+    }
+    return records.slice();
+  };
+}
+
+/**
+ * CQL queries with `return` and list `union` are distinct by default, and cql-execution finds
+ * duplicates by building an Immutable.js key of every element, walking every enumerable
+ * property. For a FHIR wrapper that means walking (and wrapping) the whole resource, element by
+ * element, for every element of every such list: the largest cost left after the patches
+ * above. A FHIR object's value is its JSON, so its key is its type and its serialised JSON
+ * (two wrappers of equal JSON stay equal, as CQL requires).
+ */
+function distinctKeysForFhirObjects() {
+  const immutableUtil = require("cql-execution/lib/util/immutableUtil");
+  const original = immutableUtil.toNormalizedKey;
+  const texts = new WeakMap();
+  immutableUtil.toNormalizedKey = function toNormalizedKey(js) {
+    if (js !== null && typeof js === "object" && js._typeInfo !== undefined
+        && Object.prototype.hasOwnProperty.call(js, "_json")) {
+      const json = js._json;
+      let text;
+      if (json !== null && typeof json === "object") {
+        text = texts.get(json);
+        if (text === undefined) {
+          text = JSON.stringify(json);
+          texts.set(json, text);
+        }
+      } else {
+        text = JSON.stringify(json);
+      }
+      return `FHIR.${js._typeInfo.name}:${text}`;
+    }
+    return original(js);
+  };
+}
+
+/**
+ * cql-execution picks among same-arity overloads at run time by testing each argument against
+ * each overload's operand types. FHIRHelpers has 251 ToString overloads, so every implicit
+ * FHIR-to-String conversion ran ~251 type checks. The choice depends only on the arguments'
+ * runtime types, so it is remembered per call site and per argument types, when every
+ * argument is a FHIR object, a primitive or null (lists and tuples are always re-checked).
+ */
+function memoisedOverloads() {
+  const { FunctionRef } = require("cql-execution/lib/elm/reusable");
+  const MEMO = Symbol("trial-cds.overloads");
+  const typeKey = (v) => {
+    if (v === null || v === undefined) return "null";
+    const t = typeof v;
+    if (t === "string" || t === "boolean" || t === "number") return t;
+    if (t === "object" && v._typeInfo !== undefined && Object.prototype.hasOwnProperty.call(v, "_json")) {
+      return `F:${v._typeInfo.name}`;
+    }
+    return undefined;
+  };
+  FunctionRef.prototype.exec = async function exec(ctx) {
+    let functionDefs, childCtx;
+    if (this.library) {
+      const lib = ctx.get(this.library);
+      functionDefs = lib ? lib.getFunction(this.name) : undefined;
+      const libCtx = ctx.getLibraryContext(this.library);
+      childCtx = libCtx ? libCtx.childContext() : undefined;
+    } else {
+      functionDefs = ctx.getFunction(this.name);
+      childCtx = ctx.childContext();
+    }
+    const args = await this.execArgs(ctx);
+    functionDefs = functionDefs.filter((f) => f.parameters.length === args.length);
+    if (functionDefs.length > 1) {
+      const keys = args.map(typeKey);
+      const memoKey = keys.every((k) => k !== undefined) ? keys.join("|") : null;
+      let memo = this[MEMO];
+      const cached = memoKey !== null && memo !== undefined ? memo.get(memoKey) : undefined;
+      if (cached !== undefined) {
+        functionDefs = cached;
+      } else {
+        functionDefs = functionDefs.filter((f) => {
+          for (let i = 0; i < args.length; i++) {
+            if (args[i] === null) continue;
+            let spec = f.parameters[i].operandTypeSpecifier;
+            if (spec == null && f.parameters[i].operandType != null) {
+              spec = { name: f.parameters[i].operandType, type: "NamedTypeSpecifier" };
+            }
+            if (!ctx.matchesTypeSpecifier(args[i], spec)) return false;
+          }
+          return true;
+        });
+        if (memoKey !== null) {
+          if (memo === undefined) {
+            memo = new Map();
+            Object.defineProperty(this, MEMO, { value: memo, enumerable: false });
+          }
+          memo.set(memoKey, functionDefs);
+        }
+      }
+    }
+    if (functionDefs.length === 0) throw new Error("no function with matching signature could be found");
+    const functionDef = functionDefs[functionDefs.length - 1];
+    for (let i = 0; i < functionDef.parameters.length; i++) childCtx.set(functionDef.parameters[i].name, args[i]);
+    return functionDef.expression.execute(childCtx);
+  };
+}
