@@ -226,6 +226,7 @@ def transaction(resources: Iterable[Resource], bundle_id: str) -> dict[str, Any]
 SHARED_LIBRARIES = {
     "FHIRHelpers": "FHIR to CQL system type conversions (FHIRHelpers 4.0.1, trial-cds edition).",
     "SLECommon": "Codes and shared eligibility functions for the SLE CAR-T trial rules.",
+    "SLEScreen": "The catalogue's population (active SLE): patients outside it get no cards.",
 }
 
 

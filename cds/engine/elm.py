@@ -179,3 +179,25 @@ def data_requirements(names: Iterable[str], libraries: Mapping[str, Elm]) -> dic
                 req.codes |= codes
             req.code_paths.add(str(node.get("codeProperty") or "code"))
     return out
+
+
+def orderable_codes(libraries: Mapping[str, Elm]) -> set[tuple[str, str]]:
+    """The first code of every code-list define: by convention the code to order or record.
+
+    (SLECommon lists several accepted codes per test, the preferred one first; a card
+    suggests ordering that one, not every synonym.)
+    """
+    resolver = _Resolver(libraries)
+    out: set[tuple[str, str]] = set()
+    for lib, doc in libraries.items():
+        for stmt in (doc["library"].get("statements") or {}).get("def") or []:
+            expr = stmt.get("expression") or {}
+            if stmt.get("type") == "FunctionDef" or expr.get("type") != "List":
+                continue
+            elements = expr.get("element") or []
+            if not elements or elements[0].get("type") not in {"Code", "CodeRef"}:
+                continue
+            first = resolver.codes(elements[0], lib)
+            if first:
+                out |= {(c.system, c.code) for c in first}
+    return out
