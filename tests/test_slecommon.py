@@ -559,6 +559,7 @@ SCENARIOS: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "creatinine-221-umol": lambda: [person(), _creatinine(221, "umol/L")],
     "creatinine-mmol": lambda: [person(), _creatinine(0.25, "mmol/L")],
     "creatinine-lt": lambda: [person(), _creatinine(0.3, comparator="<")],
+    "creatinine-lt-3": lambda: [person(), _creatinine(3.0, comparator="<")],
     "wbc-non-ucum-unit-text": lambda: [person(), {**obs("6690-2", ago(days=5), "wbc"),
                                                   "valueQuantity": {"value": 4.2, "unit": "x10^9/L"}}],
     "hb-8-gdl": lambda: [person(), obs("718-7", ago(days=5), "hb", value=8.0, unit="g/dL")],
@@ -791,7 +792,6 @@ def test_threshold_on_stale_result_is_unknown_with_its_date(run):
 
 @pytest.mark.parametrize(("scenario", "value", "unit"), by_first([
     ("creatinine-mmol", "0.25", "mmol/L"),
-    ("creatinine-lt", "<0.3", "mg/dL"),  # a "<" result is not a number: never guessed
 ]))
 def test_threshold_on_unrecognised_value_is_unknown(run, scenario, value, unit):
     result = run(scenario)["Creatinine >2.5"]
@@ -800,6 +800,19 @@ def test_threshold_on_unrecognised_value_is_unknown(run, scenario, value, unit):
     assert (ev["value"], ev["unit"]) == (value, unit)
     assert ev["note"] == "unit not recognised for creatinine"
     assert missing(result) == CREATININE_CODES
+
+
+def test_threshold_on_a_result_below_a_limit_decides_when_the_bound_does(run):
+    # "<0.3 mg/dL" is not a number, but every value below 0.3 is not above 2.5.
+    low = run("creatinine-lt")["Creatinine >2.5"]
+    assert low["status"] == "not-met"
+    [ev] = low["evidence"]
+    assert (ev["value"], ev["unit"]) == ("<0.3", "mg/dL")
+    assert ev["note"] == "reported as < 0.3 mg/dL; compared > 2.5 mg/dL"
+    # "<3.0 mg/dL" could be 2.9 (above 2.5) or 1.0: the bound cannot decide.
+    undecided = run("creatinine-lt-3")["Creatinine >2.5"]
+    assert undecided["status"] == "unknown"
+    assert missing(undecided) == CREATININE_CODES
 
 
 def test_threshold_on_non_ucum_unit_text_is_unknown_not_an_engine_error(run):
@@ -900,7 +913,7 @@ def test_uln_threshold_converts_value_and_lab_uln(run):
     assert result["status"] == "met"                        # 34.2 / 20.5 umol/L = 1.67 x ULN
     [ev] = result["evidence"]
     assert (ev["value"], ev["unit"]) == ("34.2", "umol/L")
-    assert ev["note"].startswith("1.67 x ULN (ULN 1.19883")
+    assert ev["note"].startswith("1.67 x ULN (ULN 1.2 mg/dL)")
     assert "assumed" not in ev["note"]
 
 
@@ -982,7 +995,7 @@ def test_age_in_years_and_age_criterion(run, scenario, age, status_18_70, status
     [ev] = r["Age 18 to 70"]["evidence"]
     assert (ev["reference"], ev["value"], ev["unit"]) == ("Patient/p", str(age), "a")
     assert ev["note"] == f"born {born}; required 18 to 70 years"
-    assert r["Age 18 or more"]["evidence"][0]["note"] == f"born {born}; required 18 to - years"
+    assert r["Age 18 or more"]["evidence"][0]["note"] == f"born {born}; required at least 18 years"
 
 
 def test_age_without_birth_date_is_unknown(run):
