@@ -1,6 +1,7 @@
-// Performance patches for cql-exec-fhir, applied once per worker. Each keeps the engine's
-// results identical and only avoids repeated work; the conformance suite and every rule test
-// run with them in place.
+// Patches to cql-execution / cql-exec-fhir, applied once per worker: one correctness fix
+// (retrieves over code-list defines, see retrieveCodeLists) and performance patches that keep
+// the engine's results identical and only avoid repeated work. The conformance suite and every
+// rule test run with them in place.
 //
 // Why: profiling a trial library on a 40-resource record showed most time in building FHIR
 // wrapper objects (FHIRObject: a property per element of the type hierarchy, per instance) and
@@ -32,6 +33,7 @@ let applied = false;
 export function applyFastPaths() {
   if (applied) return;
   applied = true;
+  retrieveCodeLists();
   distinctKeysForFhirObjects();
   memoisedOverloads();
   const source = cqlfhir.PatientSource.FHIRv401();
@@ -178,7 +180,63 @@ function memoisedOverloads() {
     }
     if (functionDefs.length === 0) throw new Error("no function with matching signature could be found");
     const functionDef = functionDefs[functionDefs.length - 1];
+    // CQL functions are pure and Now() is fixed for an evaluation, so within one patient's
+    // evaluation the same function on the same arguments (by identity: results of defines are
+    // cached objects) gives the same value. Shared functions such as "Latest"(obs) are called
+    // by many criteria with the same list; compute each once.
+    const root = ctx.rootContext();
+    let results = root[RESULTS];
+    if (results === undefined) {
+      results = new Map();
+      Object.defineProperty(root, RESULTS, { value: results, enumerable: false });
+    }
+    const key = callKey(functionDef, args);
+    if (key !== null && results.has(key)) return results.get(key);
     for (let i = 0; i < functionDef.parameters.length; i++) childCtx.set(functionDef.parameters[i].name, args[i]);
-    return functionDef.expression.execute(childCtx);
+    const value = await functionDef.expression.execute(childCtx);
+    if (key !== null) results.set(key, value);
+    return value;
+  };
+}
+
+const RESULTS = Symbol("trial-cds.function-results");
+const ids = new WeakMap();
+let nextId = 1;
+function identity(obj) {
+  let id = ids.get(obj);
+  if (id === undefined) {
+    id = nextId++;
+    ids.set(obj, id);
+  }
+  return id;
+}
+
+/** A key for (function, arguments): primitives by value, objects by identity. */
+function callKey(functionDef, args) {
+  let key = `f${identity(functionDef)}`;
+  for (const a of args) {
+    if (a === null || a === undefined) key += "|n";
+    else if (typeof a === "object") key += `|o${identity(a)}`;
+    else if (typeof a === "string") key += `|s${a.length}:${a}`;
+    else if (typeof a === "number" || typeof a === "boolean") key += `|${typeof a === "number" ? "d" : "b"}${a}`;
+    else return null;
+  }
+  return key;
+}
+
+// Code filter of a retrieve, replacing cql-execution's Retrieve.recordMatchesCodesOrVS:
+// - `[Observation: "Some Codes"]` where "Some Codes" is a List<Code> define: the translator
+//   cannot resolve a membership operator for it and emits `ToList(<the list>)`, so the engine
+//   gets a list of lists and fails with "c.hasMatch is not a function". The meaning is "any of
+//   these codes": flatten before matching.
+// - The original reads the record's code once per code of the list (`codes.some(c =>
+//   c.hasMatch(record.getCode(...)))`), and in cql-exec-fhir each read builds new FHIR wrapper
+//   objects: with code lists that was most of the evaluation time. Read it once per record.
+function retrieveCodeLists() {
+  const { Retrieve } = require("cql-execution/lib/elm/external");
+  Retrieve.prototype.recordMatchesCodesOrVS = function (record, codes) {
+    const recordCode = record.getCode(this.codeProperty);
+    if (Array.isArray(codes)) return codes.flat(Infinity).some((c) => c.hasMatch(recordCode));
+    return codes.hasMatch(recordCode);
   };
 }

@@ -24,20 +24,7 @@ applyFastPaths();
 
 const UCUM = "http://unitsofmeasure.org";
 
-// Code filter of a retrieve, replacing cql-execution's Retrieve.recordMatchesCodesOrVS:
-// - `[Observation: "Some Codes"]` where "Some Codes" is a List<Code> define: the translator
-//   cannot resolve a membership operator for it and emits `ToList(<the list>)`, so the engine
-//   gets a list of lists and fails with "c.hasMatch is not a function". The meaning is "any of
-//   these codes": flatten before matching.
-// - The original reads the record's code once per code of the list (`codes.some(c =>
-//   c.hasMatch(record.getCode(...)))`), and in cql-exec-fhir each read builds new FHIR wrapper
-//   objects: with code lists that was most of the evaluation time. Read it once per record.
-const { Retrieve } = require("cql-execution/lib/elm/external");
-Retrieve.prototype.recordMatchesCodesOrVS = function (record, codes) {
-  const recordCode = record.getCode(this.codeProperty);
-  if (Array.isArray(codes)) return codes.flat(Infinity).some((c) => c.hasMatch(recordCode));
-  return codes.hasMatch(recordCode);
-};
+
 
 const state = {
   repository: null,
