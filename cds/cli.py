@@ -6,12 +6,15 @@ import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from .paths import BUNDLES_DIR, ELM_DIR, RULES_DIR
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Clinical-trial eligibility as CDS Hooks over FHIR R4.")
 err = Console(stderr=True)
@@ -104,6 +107,69 @@ def evaluate(
     from .report import print_results
 
     print_results(Console(), cat, results, when)
+
+
+def _settings(**overrides: object) -> Settings:
+    from .settings import Settings
+
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**values)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8080)")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="DEV ONLY: accept hooks without a JWT")] = False,
+) -> None:
+    """Run the CDS Hooks service (settings from TRIAL_CDS_* variables; flags override)."""
+    import uvicorn
+
+    from .app import create_app
+
+    settings = _settings(host=host, port=port, insecure=True if insecure else None)
+    if settings.insecure:
+        err.print("[bold red]INSECURE MODE[/bold red]: hooks are accepted without a JWT. "
+                  "For local demos only, never with real patient data.", markup=True)
+    elif not settings.trusted_issuers:
+        err.print("[yellow]no TRIAL_CDS_TRUSTED_ISSUERS configured: every hook call will be refused (401)[/yellow]", markup=True)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Port for the demo service")] = 8080,
+    once: Annotated[bool, typer.Option("--once", help="Print the cards and exit (for CI)")] = False,
+    at: Annotated[str | None, typer.Option(help="Evaluation time shown in the header; hooks use now")] = None,
+) -> None:
+    """Start the service locally (insecure), fire patient-view for three synthetic patients, show their cards."""
+    from .demo import run_demo
+
+    raise typer.Exit(run_demo(port=port, once=once))
+
+
+@app.command("feedback")
+def feedback_summary(
+    db: Annotated[Path | None, typer.Option(help="Feedback/audit SQLite file (default TRIAL_CDS_DB)")] = None,
+) -> None:
+    """Summarise card feedback per trial: shown, accepted, overridden and why."""
+    from rich.table import Table
+
+    from .store import Store
+
+    settings = _settings(db=db)
+    if not settings.db.exists():
+        err.print(f"no feedback database at {settings.db}")
+        raise typer.Exit(1)
+    store = Store(settings.db)
+    table = Table(title=f"Card feedback ({settings.db})")
+    for col in ("trial", "shown", "accepted", "overridden", "override reasons"):
+        table.add_column(col)
+    for s in store.summary():
+        reasons = ", ".join(f"{k} ({v})" for k, v in sorted(s.reasons.items(), key=lambda kv: -kv[1]))
+        table.add_row(s.trial, str(s.shown), str(s.accepted), str(s.overridden), reasons or "-")
+    store.close()
+    Console().print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from cds.engine import Engine, EngineError
+from cds.engine import Engine
 from cds.engine.translator import Translation, Translator
 from cds.engine.values import CqlDate, CqlDateTime, CqlTime, Code, Concept, Interval, Quantity
 
@@ -363,10 +363,12 @@ def test_arbitrary_ucum_units_do_not_compare(main: dict[str, Any]) -> None:
     assert main["Q IU compared"] is None
 
 
-def test_invalid_ucum_unit_text_fails_the_evaluation(engine: Engine) -> None:
-    # Not silently a wrong number: cql-execution rejects a Quantity whose unit is not UCUM.
-    with pytest.raises(EngineError, match="UCUM"):
-        engine.evaluate(BAD_UNIT_BUNDLE, ["FHIRHelpersBadUnit"], AT)
+def test_invalid_ucum_unit_text_becomes_an_annotation_not_an_engine_error(engine: Engine) -> None:
+    # cql-execution throws on a Quantity whose unit is not UCUM, which would fail a whole
+    # library over one odd unit. The worker rewrites such a unit as a UCUM annotation before
+    # evaluation: the value is kept, the unit matches no rule's unit (so reads as unknown).
+    result = engine.evaluate(BAD_UNIT_BUNDLE, ["FHIRHelpersBadUnit"], AT)
+    assert result["FHIRHelpersBadUnit"]["Bad unit"] == _q("2", "{tablets}")
 
 
 # -- ToInterval(Quantity) ----------------------------------------------------------------------

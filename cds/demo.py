@@ -1,0 +1,134 @@
+"""`trial-cds demo`: the service on localhost, three real hook calls, their cards on screen."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from .paths import PATIENTS_DIR
+
+DEMO_PATIENTS = [
+    ("adult-likely", "likely eligible: complete, recent data"),
+    ("adult-missing-serology", "possibly eligible: no hepatitis/HIV serology on record"),
+    ("no-sle", "no SLE diagnosis: no cards"),
+]
+STATUS_STYLE = {"met": "green", "not-met": "red", "unknown": "yellow"}
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _any_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def hook_request_file(name: str) -> Path:
+    return PATIENTS_DIR / "hooks" / f"{name}.json"
+
+
+def print_cards(console: Console, title: str, response: dict[str, Any]) -> None:
+    cards = response.get("cards", [])
+    console.rule(f"[bold]{title}[/bold]: {len(cards)} card(s)")
+    if not cards:
+        console.print("  no cards (the service shows nothing for this patient)")
+    for card in cards:
+        ext = card["extension"]["trial-cds"]
+        table = Table(show_header=True, expand=True, box=None)
+        for col in ("criterion", "type", "status", "evidence"):
+            table.add_column(col, ratio=3 if col == "evidence" else None)
+        for c in ext["criteria"]:
+            ev = "; ".join(
+                " ".join(str(x) for x in (e.get("value"), e.get("unit")) if x not in (None, ""))
+                + (f" ({e['date'][:10]})" if e.get("date") else "") + (f" {e['note']}" if e.get("note") else "")
+                for e in c["evidence"]
+            )
+            table.add_row(c["id"], c["type"], Text(c["status"], STATUS_STYLE[c["status"]]), ev.strip())
+        orders = [s["label"] for s in card.get("suggestions", [])]
+        body = Table.grid()
+        body.add_row(table)
+        body.add_row(Text("suggestions: " + "; ".join(orders), style="cyan"))
+        for link in card.get("links", []):
+            body.add_row(Text(f"{link['label']}: {link['url']}", style="blue"))
+        console.print(Panel(body, title=card["summary"], title_align="left",
+                            border_style="green" if ext["verdict"] == "likely-eligible" else "yellow"))
+
+
+def run_demo(*, port: int = 8080, once: bool = False) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .settings import Settings
+
+    console = Console()
+    if not _free(port):
+        new = _any_port()
+        console.print(f"port {port} is busy; using {new}")
+        port = new
+    settings = Settings(insecure=True, host="127.0.0.1", port=port)
+    console.print("[bold red]INSECURE MODE[/bold red] (demo): hooks are accepted without a JWT.")
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            console.print("[red]the service did not start[/red]")
+            return 1
+        time.sleep(0.05)
+    try:
+        ready = requests.get(f"{base}/readyz", timeout=10).json()
+        console.print(f"service ready at {base}: {ready['trials']} trials, {ready['workers']} CQL workers")
+        discovery = requests.get(f"{base}/cds-services", timeout=10).json()
+        service = discovery["services"][0]
+        console.print(f"discovery: service [bold]{service['id']}[/bold] on {service['hook']}, "
+                      f"{len(service.get('prefetch', {}))} prefetch templates")
+        failed = False
+        for name, what in DEMO_PATIENTS:
+            path = hook_request_file(name)
+            body = json.loads(path.read_text(encoding="utf-8"))
+            started = time.perf_counter()
+            reply = requests.post(f"{base}/cds-services/{service['id']}", json=body, timeout=60)
+            ms = (time.perf_counter() - started) * 1000
+            if reply.status_code != 200:
+                console.print(f"[red]{name}: HTTP {reply.status_code} {reply.text[:300]}[/red]")
+                failed = True
+                continue
+            print_cards(console, f"{name} ({what}) in {ms:.0f} ms", reply.json())
+        sample = hook_request_file(DEMO_PATIENTS[0][0])
+        console.rule("try it")
+        console.print(f"curl -s -X POST {base}/cds-services/{service['id']} -H 'Content-Type: application/json' "
+                      f"-d @{sample}", soft_wrap=True, highlight=False)
+        console.print(f"OpenAPI docs: {base}/docs")
+        if failed:
+            return 1
+        if once:
+            return 0
+        console.print("serving until Ctrl-C")
+        while thread.is_alive():
+            thread.join(0.5)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.should_exit = True
+        thread.join(15)

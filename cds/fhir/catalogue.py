@@ -1,0 +1,113 @@
+"""Read the trial catalogue from a FHIR server: active ResearchStudies, their Groups, Libraries.
+
+The server holds exactly what `trial-cds publish` (or any FHIR client) put there; this reads
+it back through standard searches, so a trial added on the server appears at the next load.
+Libraries are followed through `depends-on` (a trial's rules need SLECommon and FHIRHelpers).
+CQL-only Libraries (no ELM) are compiled here with the official translator.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+from typing import Any
+from urllib.parse import quote
+
+from ..catalogue import Catalogue
+from .client import FhirClient, FhirError
+
+log = logging.getLogger(__name__)
+
+_LIBRARY = re.compile(r'^\s*library\s+(?:"([^"]+)"|([A-Za-z_][A-Za-z0-9_]*))', re.MULTILINE)
+
+
+def catalogue_from_server(base_url: str, *, token: str | None = None, timeout: float = 10.0) -> Catalogue:
+    client = FhirClient(base_url, token, timeout=timeout, budget=max(60.0, timeout * 6), page_cap=50)
+    problems: list[str] = []
+    studies = client.search("ResearchStudy?status=active&_count=100")
+    resources: list[dict[str, Any]] = list(studies)
+    wanted_libraries: set[str] = set()
+    for study in studies:
+        for ref in study.get("enrollment") or []:
+            target = str(ref.get("reference", ""))
+            if target.startswith("Group/"):
+                try:
+                    group = client.read(target)
+                except FhirError as exc:
+                    problems.append(f"{target}: {exc}")
+                    continue
+                if group is not None:
+                    resources.append(group)
+                    for ch in group.get("characteristic") or []:
+                        for ext in ch.get("extension") or []:
+                            ref_url = (ext.get("valueExpression") or {}).get("reference")
+                            if ref_url:
+                                wanted_libraries.add(ref_url)
+    seen: set[str] = set()
+    todo = sorted(wanted_libraries)
+    libraries: list[dict[str, Any]] = []
+    while todo:
+        url = todo.pop()
+        if url in seen:
+            continue
+        seen.add(url)
+        try:
+            found = client.search(f"Library?url={quote(url, safe='')}")
+        except FhirError as exc:
+            problems.append(f"Library {url}: {exc}")
+            continue
+        if not found:
+            problems.append(f"Library {url}: not on the server")
+            continue
+        lib = found[0]
+        libraries.append(lib)
+        for art in lib.get("relatedArtifact") or []:
+            if art.get("type") == "depends-on" and art.get("resource"):
+                todo.append(str(art["resource"]))
+    compiled = _compile_cql_only(libraries, problems)
+    catalogue = Catalogue.from_resources(resources + compiled)
+    catalogue.problems[:0] = problems
+    return catalogue
+
+
+def _compile_cql_only(libraries: list[dict[str, Any]], problems: list[str]) -> list[dict[str, Any]]:
+    """Libraries as given, except CQL-only ones, which get ELM from the translator."""
+    from ..engine.translator import Translator
+
+    needs = [lib for lib in libraries
+             if not any(c.get("contentType") == "application/elm+json" and c.get("data") for c in lib.get("content") or [])]
+    if not needs:
+        return libraries
+    sources: dict[str, str] = {}
+    for lib in libraries:
+        cql = next((c for c in lib.get("content") or [] if c.get("contentType") == "text/cql" and c.get("data")), None)
+        if cql is not None:
+            try:
+                text = base64.b64decode(cql["data"]).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                problems.append(f"Library/{lib.get('id')}: CQL content is not base64 UTF-8")
+                continue
+            header = _LIBRARY.search(text)
+            if header:
+                sources[header.group(1) or header.group(2)] = text
+    out = [lib for lib in libraries if lib not in needs]
+    with Translator() as translator:
+        for lib in needs:
+            cql = next((c for c in lib.get("content") or [] if c.get("contentType") == "text/cql" and c.get("data")), None)
+            if cql is None:
+                problems.append(f"Library/{lib.get('id')}: neither ELM nor CQL content")
+                continue
+            try:
+                text = base64.b64decode(cql["data"]).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                continue
+            result = translator.translate(text, sources)
+            if not result.ok:
+                problems.append(f"Library/{lib.get('id')}: CQL does not translate: "
+                                + "; ".join(m.format(None) for m in result.errors[:3]))
+                continue
+            elm = base64.b64encode(json.dumps(result.elm).encode("utf-8")).decode("ascii")
+            out.append({**lib, "content": [*(lib.get("content") or []), {"contentType": "application/elm+json", "data": elm}]})
+    return out

@@ -1,0 +1,265 @@
+"""A small FHIR REST client on `requests`, for reading a patient's record from the EHR.
+
+Why not a FHIR client library: the ones on PyPI (fhirclient, fhirpy) either target SMART app
+launch flows or are async-only, and none enforces what matters here: a bearer token goes only
+to the server it was issued for (allowlist, no redirects, `next` links must stay on that
+server), every call has a timeout, all calls of one hook share a time budget, 429/503 are
+retried honouring Retry-After inside that budget, and paging stops at a cap rather than
+evaluating a partial record.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.cookiejar
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urljoin, urlsplit
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = {429, 503}
+MAX_TRIES = 3
+CHUNK_BYTES = 64 * 1024
+MAX_BODY_BYTES = 64 * 1_000_000  # one page of a patient's search; more is a broken or hostile server
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status_code: int
+    body: bytes
+
+
+class FhirError(RuntimeError):
+    """The FHIR server could not give the data (the message says why; never the token)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class FhirTimeout(FhirError):
+    pass
+
+
+class FhirAuthError(FhirError):
+    pass
+
+
+_session: requests.Session | None = None
+_session_lock = threading.Lock()
+
+
+def shared_session() -> requests.Session:
+    """One pooled session per process (connections reused across hook calls)."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            s = requests.Session()
+            adapter = HTTPAdapter(pool_connections=16, pool_maxsize=32, max_retries=0)
+            s.mount("http://", adapter)
+            s.mount("https://", adapter)
+            s.trust_env = False  # no proxies or .netrc credentials picked up from the environment
+            # No cookie jar: the session is shared by every hook call, so a cookie the EHR set for one
+            # user's token would otherwise ride along the next user's requests.
+            s.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+            _session = s
+        return _session
+
+
+def _origin(url: str) -> tuple[str, str, int, str]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    path = parts.path.rstrip("/")
+    return scheme, (parts.hostname or "").lower(), port, path
+
+
+def _dot_segments(path: str) -> bool:
+    """`..`/`.` segments (also percent-encoded or with backslashes) that servers resolve upwards."""
+    text = unquote(path).replace("\\", "/")
+    return any(seg in (".", "..") for seg in text.split("/"))
+
+
+def under(url: str, base: str) -> bool:
+    """True when `url` is `base` or below it (same scheme, host, port; path at a segment boundary).
+
+    A path with dot segments is never under anything: `/fhir/../admin` starts with `/fhir/` as
+    text, but the server (or a proxy in front of it) resolves it to `/admin`.
+    """
+    try:
+        if _dot_segments(urlsplit(url).path):
+            return False
+        s1, h1, p1, path1 = _origin(url)
+        s2, h2, p2, path2 = _origin(base)
+    except ValueError:
+        return False
+    if (s1, h1, p1) != (s2, h2, p2) or not h1:
+        return False
+    return path1 == path2 or path1.startswith(path2 + "/")
+
+
+def allowed(fhir_server: str, allowlist: Sequence[str]) -> bool:
+    """May the service call `fhir_server` (with the token it was given)?"""
+    return any(under(fhir_server, prefix) for prefix in allowlist if prefix)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class FhirClient:
+    """Reads from one FHIR base URL with one token, within one time budget."""
+
+    def __init__(self, base_url: str, token: str | None, *, timeout: float = 5.0, budget: float = 15.0,
+                 page_cap: int = 20, session: requests.Session | None = None) -> None:
+        self.base = base_url.rstrip("/") + "/"
+        self._token = token
+        self.timeout = timeout
+        self.deadline = time.monotonic() + budget
+        self.budget = budget
+        self.page_cap = page_cap
+        self.session = session or shared_session()
+        self.requests_made = 0
+
+    def __repr__(self) -> str:
+        return f"FhirClient({self.base!r}, token={'<redacted>' if self._token else None})"
+
+    def close(self) -> None:
+        self._token = None
+
+    def _remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def _get(self, url: str) -> _Reply:
+        if not under(url, self.base):
+            raise FhirError("refusing to follow a URL outside the FHIR server it was given")
+        headers = {"Accept": "application/fhir+json, application/json"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        path = urlsplit(url).path
+        for attempt in range(1, MAX_TRIES + 1):
+            remaining = self._remaining()
+            if remaining <= 0:
+                raise FhirTimeout(f"FHIR server did not answer within the {self.budget:g} s budget")
+            try:
+                self.requests_made += 1
+                resp = self.session.get(url, headers=headers, timeout=min(self.timeout, remaining),
+                                        allow_redirects=False, stream=True)
+            except requests.Timeout:
+                raise FhirTimeout(f"FHIR server timed out ({path})") from None
+            except requests.RequestException as exc:
+                raise FhirError(f"FHIR server unreachable ({exc.__class__.__name__})") from None
+            try:
+                if resp.status_code in RETRY_STATUSES and attempt < MAX_TRIES:
+                    wait = _retry_after(resp.headers.get("Retry-After"))
+                    wait = 0.5 * attempt if wait is None else wait
+                    if wait >= self._remaining():
+                        raise FhirError(f"FHIR server busy (HTTP {resp.status_code}) beyond the time budget",
+                                        resp.status_code)
+                else:
+                    return _Reply(resp.status_code, self._body(resp, path))
+            finally:
+                resp.close()
+            time.sleep(wait)
+        raise FhirError("FHIR server kept refusing", None)  # pragma: no cover - loop returns or raises
+
+    def _body(self, resp: requests.Response, path: str) -> bytes:
+        """The whole body, read within the hook's budget and size cap.
+
+        `timeout` bounds each socket read, not the response: a server trickling bytes would
+        otherwise hold the hook for ever. read1 returns what has arrived, so the deadline is
+        checked between reads.
+        """
+        body = bytearray()
+        try:
+            while True:
+                chunk = resp.raw.read1(CHUNK_BYTES, decode_content=True)
+                if not chunk:
+                    return bytes(body)
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise FhirError(f"FHIR server sent more than {MAX_BODY_BYTES // 1_000_000} MB for {path}")
+                if self._remaining() <= 0:
+                    raise FhirTimeout(f"FHIR server did not finish answering {path} within the {self.budget:g} s budget")
+        except (urllib3.exceptions.ReadTimeoutError, requests.Timeout):
+            raise FhirTimeout(f"FHIR server timed out mid-response ({path})") from None
+        except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError, OSError) as exc:
+            raise FhirError(f"FHIR server response was cut off or corrupt ({path}: {exc.__class__.__name__})") from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise FhirError(f"FHIR server response could not be read ({path}: {exc.__class__.__name__})") from None
+
+    def _json(self, resp: _Reply, what: str) -> dict[str, Any]:
+        if resp.status_code in (401, 403):
+            raise FhirAuthError(f"FHIR server refused the access token (HTTP {resp.status_code}) for {what}", resp.status_code)
+        if 300 <= resp.status_code < 400:
+            raise FhirError(f"FHIR server redirected {what} (HTTP {resp.status_code}); redirects are not followed", resp.status_code)
+        if resp.status_code >= 400:
+            raise FhirError(f"FHIR server answered HTTP {resp.status_code} for {what}", resp.status_code)
+        try:
+            doc = json.loads(resp.body)
+        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise FhirError(f"FHIR server sent a body that is not JSON for {what}", resp.status_code) from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
+            raise FhirError(f"FHIR server sent JSON that is not a FHIR resource for {what}", resp.status_code)
+        return doc
+
+    def read(self, path: str) -> dict[str, Any] | None:
+        """GET one resource; None when the server says it does not exist (404/410)."""
+        resp = self._get(urljoin(self.base, path))
+        if resp.status_code in (404, 410):
+            return None
+        doc = self._json(resp, path.split("?")[0])
+        if doc["resourceType"] == "OperationOutcome":
+            raise FhirError(f"FHIR server answered an OperationOutcome for {path.split('?')[0]}")
+        return doc
+
+    def search(self, path: str) -> list[dict[str, Any]]:
+        """Every resource of a search, following `next` links (up to the page cap)."""
+        url: str | None = urljoin(self.base, path)
+        what = path.split("?")[0] + " search"
+        out: list[dict[str, Any]] = []
+        pages = 0
+        while url:
+            pages += 1
+            if pages > self.page_cap:
+                raise FhirError(f"{what} has more than {self.page_cap} pages; not evaluating a partial record")
+            doc = self._json(self._get(url), what)
+            if doc["resourceType"] != "Bundle":
+                raise FhirError(f"{what} did not return a Bundle ({doc['resourceType']})")
+            entries, links = doc.get("entry") or [], doc.get("link") or []
+            if not isinstance(entries, list) or not isinstance(links, list):
+                raise FhirError(f"{what} returned a malformed Bundle (entry and link must be arrays)")
+            for entry in entries:
+                if not isinstance(entry, dict):
+                    continue
+                search = entry.get("search")
+                if isinstance(search, dict) and search.get("mode") == "outcome":
+                    continue
+                res = entry.get("resource")
+                if isinstance(res, dict) and res.get("resourceType") != "OperationOutcome":
+                    out.append(res)
+            nxt = next((link.get("url") for link in links
+                        if isinstance(link, dict) and link.get("relation") == "next"), None)
+            if nxt is not None and not isinstance(nxt, str):
+                raise FhirError(f"{what} returned a malformed next link")
+            url = urljoin(self.base, nxt) if nxt else None
+        return out

@@ -1,0 +1,68 @@
+"""Service settings: `TRIAL_CDS_*` environment variables (pydantic-settings); flags override."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .paths import BUNDLES_DIR, ROOT
+
+
+def _split(value: Any) -> Any:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRIAL_CDS_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    insecure: bool = Field(False, description="accept hooks without a JWT (local demos only)")
+    service_url: str | None = Field(
+        None, description="public base URL of this service (JWT `aud`); default http://{host}:{port}")
+    fhir_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="URL prefixes of FHIR servers the service may call with a token")
+    trusted_issuers: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="issuer -> JWKS URL, as JSON or `iss=url,iss2=url2`")
+    db: Path = Field(ROOT / "trial-cds.sqlite", description="feedback and audit SQLite file")
+    catalogue: str = Field(str(BUNDLES_DIR), description="directory of trial bundles or a FHIR base URL")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    pool_size: int | None = Field(None, ge=1, le=16)
+    cql_timeout: float = Field(10.0, gt=0, description="seconds per CQL evaluation")
+    fetch_timeout: float = Field(5.0, gt=0, description="seconds per FHIR request")
+    hook_budget: float = Field(15.0, gt=0, description="seconds for all FHIR fetching in one hook call")
+    fetch_page_cap: int = Field(20, ge=1, description="most `next` pages followed per search")
+    admin_token: str | None = Field(None, description="bearer token for /admin endpoints (besides JWT)")
+
+    @field_validator("fhir_allowlist", "cors_origins", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("trusted_issuers", mode="before")
+    @classmethod
+    def _issuers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return {}
+            if text.startswith("{"):
+                return json.loads(text)
+            out = {}
+            for pair in _split(text):
+                iss, sep, url = pair.partition("=")
+                if not sep:
+                    raise ValueError(f"TRIAL_CDS_TRUSTED_ISSUERS entry needs iss=jwks_url: {pair!r}")
+                out[iss.strip()] = url.strip()
+            return out
+        return value
+
+    @property
+    def base_url(self) -> str:
+        return (self.service_url or f"http://{self.host}:{self.port}").rstrip("/")
