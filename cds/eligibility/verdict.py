@@ -101,5 +101,6 @@ def evaluate_trials(
     chosen = list(trials if trials is not None else catalogue.trials)
     if not chosen:
         return []
-    result = engine.evaluate(bundle, [t.library for t in chosen], at, timeout=timeout)
+    result = engine.evaluate(bundle, [t.library for t in chosen], at, timeout=timeout,
+                             defines={t.library: [c.define for c in t.criteria] for t in chosen})
     return [trial_result(t, result.raw.get(t.library, {})) for t in chosen]

@@ -106,19 +106,21 @@ class Engine:
         *,
         parameters: Mapping[str, Mapping[str, Any]] | None = None,
         timeout: float | None = None,
+        defines: Mapping[str, Sequence[str]] | None = None,
     ) -> EvaluationResult:
         when = execution_time(at)
         sent = trim_bundle(bundle, self.requirements(libraries)) if (bundle and self.trim) else bundle
         groups = self._split(libraries)
         if len(groups) == 1:
-            raw = self.pool.evaluate(libraries, sent, when, parameters=parameters, timeout=timeout)
+            raw = self.pool.evaluate(libraries, sent, when, parameters=parameters, timeout=timeout, defines=defines)
         else:
             # One patient's libraries spread over idle workers: a CQL worker is single-threaded,
             # so on a multi-core machine this divides the latency of one evaluation.
             if self._fanout is None:
                 self._fanout = ThreadPoolExecutor(max_workers=self.pool.size, thread_name_prefix="cql-fanout")
             futures = [self._fanout.submit(self.pool.evaluate, group, sent, when,
-                                           parameters=parameters, timeout=timeout) for group in groups]
+                                           parameters=parameters, timeout=timeout, defines=defines)
+                       for group in groups]
             raw = {}
             for future in futures:
                 raw.update(future.result())

@@ -349,14 +349,17 @@ class WorkerPool:
         *,
         parameters: Mapping[str, Mapping[str, Any]] | None = None,
         timeout: float | None = None,
+        defines: Mapping[str, Sequence[str]] | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """Evaluate every `define` of each named library for one patient; raw tagged JSON."""
+        """Evaluate each named library for one patient; raw tagged JSON of every define (or of
+        `defines[library]` only, when given)."""
         unknown = [name for name in libraries if name not in self.libraries]
         if unknown:
             raise EngineError(f"unknown CQL libraries: {', '.join(unknown)}")
         reply = self.request(
             {"op": "evaluate", "libraries": list(libraries), "bundle": bundle,
-             "executionDateTime": execution_datetime, "parameters": parameters or {}},
+             "executionDateTime": execution_datetime, "parameters": parameters or {},
+             **({"defines": {k: list(v) for k, v in defines.items()}} if defines else {})},
             timeout=timeout,
         )
         return reply["results"]

@@ -3,7 +3,8 @@
 // Requests (one JSON object per line), each answered by exactly one line with the same "id":
 //   {"id", "op": "load", "libraries": {name: elm, ...}, "valueSets": {url: {version: [codes]}}}
 //   {"id", "op": "evaluate", "libraries": [name, ...], "bundle": {...}|null,
-//    "executionDateTime": "2026-01-01T00:00:00Z", "parameters": {lib: {name: value}}}
+//    "executionDateTime": "2026-01-01T00:00:00Z", "parameters": {lib: {name: value}},
+//    "defines": {lib: [define, ...]}}   (optional: return only these defines)
 //   {"id", "op": "ping"}
 // Replies: {"id", "ok": true, ...} or {"id", "ok": false, "error": "..."}.
 //
@@ -18,7 +19,7 @@ const cql = require("cql-execution");
 const cqlfhir = require("cql-exec-fhir");
 const { checkUnit } = require("cql-execution/lib/util/units");
 
-import { applyFastPaths } from "./fastpaths.mjs";
+import { applyFastPaths, dropLocalIds } from "./fastpaths.mjs";
 
 applyFastPaths();
 
@@ -122,6 +123,7 @@ function sanitizeQuantities(node) {
 
 function load(req) {
   const libs = req.libraries || {};
+  for (const elm of Object.values(libs)) dropLocalIds(elm);
   state.elm = libs;
   state.repository = new cql.Repository(libs);
   state.codeService = new cql.CodeService(req.valueSets || {});
@@ -160,8 +162,12 @@ async function evaluate(req) {
     const merged = { ...(r.unfilteredResults || {}) };
     if (patientIds.length) Object.assign(merged, r.patientResults[patientIds[0]]);
     const out = {};
+    // Only the defines asked for cross the pipe (all are evaluated: criteria need their
+    // parts); serialising every retrieve's resources would cost more than evaluating them.
+    const wanted = req.defines && req.defines[name] ? new Set(req.defines[name]) : null;
     for (const [k, v] of Object.entries(merged)) {
       if (k === "Patient" && !req.includePatient) continue;
+      if (wanted !== null && !wanted.has(k)) continue;
       out[k] = toJson(v);
     }
     results[name] = out;
