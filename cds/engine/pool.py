@@ -191,6 +191,11 @@ class WorkerPool:
             return sorted(w.pid for w in self._all if w.alive())
 
     @property
+    def idle(self) -> int:
+        """Workers free right now (approximate: others may take them a moment later)."""
+        return self._idle.qsize()
+
+    @property
     def ready(self) -> bool:
         return self._started and not self._closed and bool(self.pids)
 
