@@ -21,6 +21,7 @@ import requests
 from .fhir.client import under
 
 ALLOWED_ALGORITHMS = ("ES384", "RS384")
+MAX_JWKS_URLS = 32
 KEY_TYPE = {"ES384": "EC", "RS384": "RSA"}  # the JWK `kty` each accepted `alg` needs
 
 
@@ -79,6 +80,10 @@ class JwtVerifier:
 
     def _key(self, url: str, kid: str) -> jwt.PyJWK:
         with self._lock:
+            if url not in self._keys and len(self._keys) >= MAX_JWKS_URLS:
+                # jku may name any URL under an issuer's JWKS URL: bound what an unsigned
+                # header can make the service fetch and keep.
+                raise AuthError("too many distinct jku URLs; configure the issuer's JWKS URL instead")
             keys = self._keys.get(url)
             fetched = self._fetched_at.get(url, 0.0)
         if keys is None or (kid not in keys and time.monotonic() - fetched >= self.refresh_interval):
@@ -118,8 +123,8 @@ class JwtVerifier:
         alg = header.get("alg")
         if alg not in ALLOWED_ALGORITHMS:
             raise AuthError(f"JWT algorithm {alg!r} is not accepted (ES384 or RS384)")
-        if header.get("typ") not in (None, "JWT", "jwt"):
-            raise AuthError("JWT typ must be 'JWT'")
+        if str(header.get("typ", "")).upper() != "JWT":
+            raise AuthError("JWT header typ must be 'JWT' (CDS Hooks 2.0)")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise AuthError("JWT header has no kid")

@@ -63,6 +63,8 @@ def _belongs_to(resource: Mapping[str, Any], patient_id: str) -> bool:
         ref = resource.get(key)
         if isinstance(ref, Mapping) and isinstance(ref.get("reference"), str):
             target = ref["reference"].rstrip("/").split("/")
+            if len(target) >= 4 and target[-2] == "_history":  # Patient/x/_history/1
+                target = target[:-2]
             return len(target) >= 2 and target[-2] == "Patient" and target[-1] == patient_id
     return True  # no patient reference: nothing says it is someone else's
 

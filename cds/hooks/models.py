@@ -57,6 +57,13 @@ class PatientViewContext(_In):
     userId: str | None = None
     encounterId: str | None = None
 
+    @field_validator("patientId")
+    @classmethod
+    def _not_a_path_segment(cls, value: str) -> str:
+        if set(value) == {"."}:
+            raise ValueError("context.patientId is not a FHIR id")
+        return value
+
 
 class HookRequest(_In):
     hook: str

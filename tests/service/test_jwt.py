@@ -258,6 +258,8 @@ def _rejections(base: str, keys: Keys, jwks_url: str) -> dict[str, tuple[str, st
         "jku escaping with dot segments": (sign(keys.ec, "ES384", claims(aud), kid="ec-1",
                                                 jku=jwks_url + "/../../evil/jwks.json"), "jku is not under"),
         "not a JWT": ("not-a-jwt", "malformed"),
+        "no typ": (sign(keys.ec, "ES384", claims(aud), kid="ec-1", typ=""), "typ must be 'JWT'"),
+        "typ not JWT": (sign(keys.ec, "ES384", claims(aud), kid="ec-1", typ="JOSE"), "typ must be 'JWT'"),
     }
 
 
@@ -265,7 +267,7 @@ REJECTIONS = [  # the keys of _rejections(), listed here so the test ids exist b
     "bad signature", "signed by an unpublished key", "wrong aud", "aud of another service host", "wrong iss",
     "expired", "iat in the future", "no exp", "no jti", "missing kid", "unknown kid", "alg none",
     "HS256 keyed with the public key", "ES256 (not accepted)", "RS384 header on the EC key",
-    "jku outside the allowlist", "jku escaping with dot segments", "not a JWT",
+    "jku outside the allowlist", "jku escaping with dot segments", "not a JWT", "no typ", "typ not JWT",
 ]
 
 

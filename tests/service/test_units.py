@@ -123,6 +123,25 @@ def test_record_from_prefetch_drops_other_patients() -> None:
     assert record.dropped == 1 and set(record.sources.values()) == {"prefetch"}
 
 
+def test_record_keeps_versioned_references_to_the_patient() -> None:
+    mine = [r for r in no_sle_resources() if r["resourceType"] in ("Patient", "Condition")]
+    versioned = {**mine[1], "id": "versioned", "subject": {"reference": f"Patient/{NO_SLE}/_history/3"}}
+    other_version = {**mine[1], "id": "other", "subject": {"reference": "Patient/someone-else/_history/3"}}
+    record = assemble_record(NO_SLE, QUERIES, {"patient": mine[0], "condition": _searchset(versioned, other_version)}, None)
+    assert [e["resource"]["id"] for e in record.bundle["entry"]] == [NO_SLE, "versioned"]
+    assert record.dropped == 1
+
+
+@pytest.mark.parametrize("patient_id", [".", "..", "..."])
+def test_dot_only_patient_ids_are_not_fhir_ids(patient_id: str) -> None:
+    from pydantic import ValidationError
+
+    from cds.hooks.models import PatientViewContext
+
+    with pytest.raises(ValidationError):
+        PatientViewContext.model_validate({"patientId": patient_id})
+
+
 @pytest.mark.parametrize("prefetch,error", [
     ({"patient": {"resourceType": "Observation"}, "condition": None}, MalformedPrefetch),
     ({"patient": {"resourceType": "Patient", "id": "x"}, "condition": None}, MalformedPrefetch),
