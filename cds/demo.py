@@ -22,7 +22,6 @@ DEMO_PATIENTS = [
     ("adult-missing-serology", "possibly eligible: no hepatitis/HIV serology on record"),
     ("no-sle", "no SLE diagnosis: no cards"),
 ]
-STATUS_STYLE = {"met": "green", "not-met": "red", "unknown": "yellow"}
 
 
 def _free(port: int) -> bool:
@@ -45,26 +44,39 @@ def hook_request_file(name: str) -> Path:
     return PATIENTS_DIR / "hooks" / f"{name}.json"
 
 
+def _evidence(c: dict[str, Any]) -> str:
+    return "; ".join(
+        (" ".join(str(x) for x in (e.get("value"), e.get("unit")) if x not in (None, ""))
+         + (f" ({e['date'][:10]})" if e.get("date") else "") + (f" {e['note']}" if e.get("note") else "")).strip()
+        for e in c["evidence"]
+    )
+
+
 def print_cards(console: Console, title: str, response: dict[str, Any]) -> None:
+    """Each card: its summary, how its criteria stand, and what is still undecided."""
     cards = response.get("cards", [])
     console.rule(f"[bold]{title}[/bold]: {len(cards)} card(s)")
     if not cards:
         console.print("  no cards (the service shows nothing for this patient)")
     for card in cards:
         ext = card["extension"]["trial-cds"]
-        table = Table(show_header=True, expand=True, box=None)
-        for col in ("criterion", "type", "status", "evidence"):
-            table.add_column(col, ratio=3 if col == "evidence" else None)
-        for c in ext["criteria"]:
-            ev = "; ".join(
-                " ".join(str(x) for x in (e.get("value"), e.get("unit")) if x not in (None, ""))
-                + (f" ({e['date'][:10]})" if e.get("date") else "") + (f" {e['note']}" if e.get("note") else "")
-                for e in c["evidence"]
-            )
-            table.add_row(c["id"], c["type"], Text(c["status"], STATUS_STYLE[c["status"]]), ev.strip())
+        decided = [c for c in ext["criteria"] if c["type"] != "review"]
+        counts = {s: sum(c["status"] == s for c in decided) for s in ("met", "not-met", "unknown")}
+        review = sum(c["type"] == "review" for c in ext["criteria"])
+        body = Table.grid(padding=(0, 1))
+        body.add_row(Text(f"{len(decided)} criteria decided from data: {counts['met']} met, "
+                          f"{counts['not-met']} not met (as required for exclusions), {counts['unknown']} unknown; "
+                          f"{review} to confirm with the patient or investigator"))
+        open_items = [c for c in decided if c["status"] == "unknown"]
+        if open_items:
+            table = Table(show_header=True, expand=True, box=None, title="undecided", title_justify="left")
+            table.add_column("criterion", no_wrap=True)
+            table.add_column("type")
+            table.add_column("why", ratio=3)
+            for c in open_items:
+                table.add_row(c["id"], c["type"], Text(_evidence(c) or "no data", style="yellow"))
+            body.add_row(table)
         orders = [s["label"] for s in card.get("suggestions", [])]
-        body = Table.grid()
-        body.add_row(table)
         body.add_row(Text("suggestions: " + "; ".join(orders), style="cyan"))
         for link in card.get("links", []):
             body.add_row(Text(f"{link['label']}: {link['url']}", style="blue"))
