@@ -460,15 +460,15 @@ _ENTRIES: list[SyntheticPatient] = [
     SyntheticPatient(
         "low-egfr",
         "adult-likely with chronic kidney disease stage 4 after lupus nephritis: creatinine 2.6 mg/dL, eGFR 25 "
-        "(CKD-EPI 2021 for a woman of 29), Cockcroft-Gault 28 mL/min. Excluded by 002 (eGFR < 30) and 004 "
-        "(creatinine > 2.5 mg/dL, CrCl < 30); 003 needs the kidney damage to be irreversible (clinician review).",
-        _adult(creatinine=2.6), _verdicts(EXCLUDED, t000=LIKELY, t003=POSSIBLY), base="adult-likely",
+        "(CKD-EPI 2021 for a woman of 29), Cockcroft-Gault 28 mL/min. Excluded by 002 (eGFR < 30), 003 "
+        "(creatinine clearance < 30) and 004 (creatinine > 2.5 mg/dL, CrCl < 30).",
+        _adult(creatinine=2.6), _verdicts(EXCLUDED, t000=LIKELY), base="adult-likely",
         deciding=_deciding(t002={"002-E3"}, t003={"003-E3"}, t004={"004-E1", "004-I9"})),
     SyntheticPatient(
         "creatinine-umol-high",
         "adult-likely whose lab reports creatinine in SI units: 230 umol/L (2.60 mg/dL, above 004's 221 umol/L), "
-        "eGFR 25. Excluded by 004 (creatinine) and 002 (eGFR).",
-        _adult(creatinine=230, creatinine_unit="umol/L"), _verdicts(EXCLUDED, t000=LIKELY, t003=POSSIBLY),
+        "eGFR 25. Excluded by 004 (creatinine), 002 (eGFR) and 003 (creatinine clearance).",
+        _adult(creatinine=230, creatinine_unit="umol/L"), _verdicts(EXCLUDED, t000=LIKELY),
         base="adult-likely", deciding=_deciding(t002={"002-E3"}, t003={"003-E3"}, t004={"004-E1", "004-I9"})),
     SyntheticPatient(
         "stale-labs",

@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 
 from cds.synthetic import fhir as F
+# The patient who fits the trial lives in the package (the synthetic patient generator uses it).
+from cds.synthetic.trial_records import bilag_panel
+from cds.synthetic.trial_records import fits_000 as fits
 
 from .kit import criterion, evaluate_trial, missing_codes
 
@@ -33,84 +36,6 @@ BILAG_DOMAINS = ["constitutional", "mucocutaneous", "neuropsychiatric", "musculo
                  "gastrointestinal", "ophthalmic", "renal", "haematological"]
 
 Resource = dict[str, Any]
-
-
-# --------------------------------------------------------------------------------------------
-# The patient who fits the trial (reused by the synthetic patient generator).
-# --------------------------------------------------------------------------------------------
-
-def bilag_panel(pid: str, when: datetime, grades: dict[str, str], rid: str) -> Resource:
-    """A BILAG-2004 assessment: one component per graded domain (codes.md)."""
-    return F.observation(pid, "Local", "bilag-2004", when, category="survey", rid=rid, components=[
-        {"code": F.concept("Local", f"bilag-2004-{domain}"), "valueCodeableConcept": F.concept("BILAG", grade)}
-        for domain, grade in grades.items()
-    ])
-
-
-FIT_BILAG = {"constitutional": "C", "mucocutaneous": "A", "neuropsychiatric": "E", "musculoskeletal": "B",
-             "cardiorespiratory": "E", "gastrointestinal": "E", "ophthalmic": "E", "renal": "E",
-             "haematological": "C"}
-
-
-def _negative(pid: str, loinc: str, when: datetime, rid: str) -> Resource:
-    return F.observation(pid, "LOINC", loinc, when, value_code=("SNOMEDCT", "260385009"), interpretation="NEG", rid=rid)
-
-
-def fits(pid: str, at: datetime) -> list[Resource]:
-    """A 34-year-old woman with SLE since March 2019 (EULAR/ACR 2019 score 22: ANA 1:640,
-    arthritis, acute cutaneous lupus, low C3/C4, anti-dsDNA), still active at screening despite
-    hydroxychloroquine, prednisone 15 mg/d and mycophenolate mofetil (belimumab stopped for
-    lack of effect): SELENA-SLEDAI 12 (rash 2, arthritis 4, alopecia 2, low complement 2,
-    anti-dsDNA 2), PGA 2, BILAG-2004 mucocutaneous A and musculoskeletal B. Organ function
-    preserved, viral screen negative, serum hCG negative."""
-    screen = at - timedelta(days=14)
-    labs = at - timedelta(days=10)
-    virology = at - timedelta(days=20)
-    r = lambda name: f"{pid}-{name}"  # noqa: E731 - stable, readable ids per patient
-    return [
-        F.patient(pid, date(at.year - 34, 5, 14), "female", name="Fits000"),
-        F.condition(pid, "SNOMEDCT", "55464009", date(2019, 3, 1), rid=r("sle")),
-        F.observation(pid, "LOINC", "5048-4", date(2019, 3, 1), value_string="1:640", rid=r("ana")),
-        F.observation(pid, "Local", "eular-acr-2019", date(2019, 3, 15), value=22, unit="{score}",
-                      category="survey", rid=r("eular")),
-        # disease activity at screening
-        F.observation(pid, "Local", "selena-sledai", screen, value=12, unit="{score}", category="survey",
-                      rid=r("selena")),
-        F.observation(pid, "Local", "pga", screen, value=2, unit="{score}", category="survey", rid=r("pga")),
-        bilag_panel(pid, screen, FIT_BILAG, rid=r("bilag")),
-        F.observation(pid, "LOINC", "5130-0", labs, value=186, unit="[IU]/mL", ref_high=30, interpretation="H",
-                      rid=r("dsdna")),
-        F.observation(pid, "LOINC", "4485-9", labs, value=58, unit="mg/dL", ref_high=180, interpretation="L",
-                      rid=r("c3")),
-        F.observation(pid, "LOINC", "4498-2", labs, value=6, unit="mg/dL", ref_high=40, interpretation="L",
-                      rid=r("c4")),
-        # organ function and blood counts
-        F.observation(pid, "LOINC", "2160-0", labs, value=0.78, unit="mg/dL", ref_high=1.02, rid=r("creat")),
-        F.observation(pid, "LOINC", "98979-8", labs, value=101, unit="mL/min/{1.73_m2}", rid=r("egfr")),
-        F.observation(pid, "LOINC", "1742-6", labs, value=22, unit="U/L", ref_high=40, rid=r("alt")),
-        F.observation(pid, "LOINC", "1920-8", labs, value=27, unit="U/L", ref_high=40, rid=r("ast")),
-        F.observation(pid, "LOINC", "1975-2", labs, value=0.6, unit="mg/dL", ref_high=1.2, rid=r("tbil")),
-        F.observation(pid, "LOINC", "718-7", labs, value=112, unit="g/L", ref_high=150, rid=r("hb")),
-        F.observation(pid, "LOINC", "6690-2", labs, value=3.4, unit="10*9/L", ref_high=9.5, rid=r("wbc")),
-        F.observation(pid, "LOINC", "751-8", labs, value=2.1, unit="10*9/L", ref_high=6.3, rid=r("neut")),
-        F.observation(pid, "LOINC", "731-0", labs, value=0.8, unit="10*9/L", ref_high=3.2, rid=r("lymph")),
-        F.observation(pid, "LOINC", "777-3", labs, value=168, unit="10*9/L", ref_high=350, rid=r("plt")),
-        F.observation(pid, "LOINC", "29463-7", labs, value=58, unit="kg", category="vital-signs", rid=r("weight")),
-        F.observation(pid, "LOINC", "8302-2", labs, value=162, unit="cm", category="vital-signs", rid=r("height")),
-        # infection screen and pregnancy test
-        _negative(pid, "5196-1", virology, r("hbsag")),
-        _negative(pid, "16933-4", virology, r("hbcab")),
-        _negative(pid, "13955-0", virology, r("hcvab")),
-        _negative(pid, "56888-1", virology, r("hiv")),
-        _negative(pid, "24110-9", virology, r("tp")),
-        _negative(pid, "2118-8", at - timedelta(days=5), r("hcg")),
-        # treatment history: standard therapy for years, still active
-        F.medication_statement(pid, "5521", date(2019, 3, 20), None, dose_mg=200, per_day=2, status="active",
-                               rid=r("hcq")),
-        F.medication_request(pid, "8640", at - timedelta(days=200), None, dose_mg=15, rid=r("pred")),
-        F.medication_request(pid, "68149", at - timedelta(days=300), None, dose_mg=1000, per_day=2, rid=r("mmf")),
-        F.medication_statement(pid, "1092437", at - timedelta(days=760), at - timedelta(days=420), rid=r("belim")),
-    ]
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,81 +15,17 @@ from typing import Any
 import pytest
 
 from cds.synthetic import fhir as F
+# The child who fits the trial lives in the package (the synthetic patient generator uses it).
+from cds.synthetic.trial_records import ago as _ago
+from cds.synthetic.trial_records import born as _born
+from cds.synthetic.trial_records import fits_001 as fits
+from cds.synthetic.trial_records import negative_result as _neg
 from cds.trialmeta import load_trial
 from tests.conftest import EVAL_AT
 from tests.trials.kit import evaluate_trial, missing_codes
 
 TRIAL = "zju-children-cd19-cart-sle"
 Resource = dict[str, Any]
-
-
-def _ago(at: datetime, days: float) -> datetime:
-    return at - timedelta(days=days)
-
-
-def _born(at: datetime, years: float) -> date:
-    return (at - timedelta(days=round(365.25 * years))).date()
-
-
-def _neg(pid: str, code: str, when: datetime, rid: str) -> Resource:
-    """A negative qualitative serology result: SNOMED value plus interpretation."""
-    return F.observation(pid, "LOINC", code, when, value_code=("SNOMEDCT", "260385009"), interpretation="NEG", rid=rid)
-
-
-def fits(pid: str, at: datetime) -> list[Resource]:
-    """A 14-year-old girl with refractory childhood-onset SLE who fits this trial.
-
-    SLE since age 10 (EULAR/ACR 2019 score 24 at diagnosis: ANA 1:640, arthritis, malar
-    rash, low C3/C4, anti-dsDNA), active now (SLEDAI-2K 12) despite prednisone 1 mg/kg/d for
-    15 weeks, hydroxychloroquine since diagnosis, mycophenolate mofetil for 23 months and
-    belimumab for 6 months. Normal organ function (derived bedside Schwartz eGFR ~125),
-    negative screening serology, negative serum hCG, no exclusion on record.
-    """
-    sle_onset = _ago(at, 4 * 365)
-    course = _ago(at, 600)  # high-dose prednisone course start
-    r = [
-        F.patient(pid, _born(at, 14.5), "female", name="Fits001"),
-        F.condition(pid, "SNOMEDCT", "55464009", sle_onset, rid=f"{pid}-sle"),
-        F.observation(pid, "Local", "eular-acr-2019", sle_onset + timedelta(days=14), value=24, unit="{score}",
-                      category="survey", rid=f"{pid}-eular"),
-        F.observation(pid, "Local", "sledai-2k", _ago(at, 10), value=12, unit="{score}", category="survey",
-                      rid=f"{pid}-sledai"),
-        # anthropometrics: weight when the high-dose course started, and now
-        F.observation(pid, "LOINC", "29463-7", course - timedelta(days=3), value=38, unit="kg", category="vital-signs",
-                      rid=f"{pid}-weight-course"),
-        F.observation(pid, "LOINC", "29463-7", _ago(at, 10), value=47, unit="kg", category="vital-signs",
-                      rid=f"{pid}-weight"),
-        F.observation(pid, "LOINC", "8302-2", _ago(at, 10), value=158, unit="cm", category="vital-signs",
-                      rid=f"{pid}-height"),
-        # organ function
-        F.observation(pid, "LOINC", "10230-1", _ago(at, 40), value=64, unit="%", category="imaging", rid=f"{pid}-lvef"),
-        F.observation(pid, "LOINC", "2160-0", _ago(at, 10), value=0.52, unit="mg/dL", ref_high=0.9, rid=f"{pid}-creat"),
-        F.observation(pid, "LOINC", "1920-8", _ago(at, 10), value=28, unit="U/L", ref_high=40, rid=f"{pid}-ast"),
-        F.observation(pid, "LOINC", "1742-6", _ago(at, 10), value=19, unit="U/L", ref_high=35, rid=f"{pid}-alt"),
-        F.observation(pid, "LOINC", "14631-6", _ago(at, 10), value=9.1, unit="umol/L", ref_high=21, rid=f"{pid}-tbil"),
-        F.observation(pid, "LOINC", "59408-5", _ago(at, 10), value=98, unit="%", category="vital-signs", rid=f"{pid}-spo2"),
-        # pregnancy test (post-menarchal girl)
-        F.observation(pid, "LOINC", "2118-8", _ago(at, 7), value_code=("SNOMEDCT", "260385009"), interpretation="NEG",
-                      rid=f"{pid}-hcg"),
-        # screening serology and PCR
-        _neg(pid, "5196-1", _ago(at, 30), f"{pid}-hbsag"),
-        _neg(pid, "16933-4", _ago(at, 30), f"{pid}-hbcab"),
-        _neg(pid, "13955-0", _ago(at, 30), f"{pid}-hcvab"),
-        _neg(pid, "56888-1", _ago(at, 30), f"{pid}-hiv"),
-        _neg(pid, "24110-9", _ago(at, 30), f"{pid}-tp"),
-        F.observation(pid, "LOINC", "72493-0", _ago(at, 30), value=34.5, comparator="<", unit="[IU]/mL", ref_high=34.5,
-                      interpretation="ND", rid=f"{pid}-cmv"),
-        # treatment history
-        F.medication_request(pid, "8640", course, course + timedelta(days=105), dose_mg=40, status="completed",
-                             rid=f"{pid}-pred-high"),
-        F.medication_request(pid, "8640", _ago(at, 120), None, dose_mg=10, status="active", rid=f"{pid}-pred-low"),
-        F.medication_request(pid, "5521", sle_onset + timedelta(days=20), None, dose_mg=200, status="active",
-                             rid=f"{pid}-hcq"),
-        F.medication_request(pid, "68149", _ago(at, 900), _ago(at, 200), dose_mg=750, per_day=2, status="completed",
-                             rid=f"{pid}-mmf"),
-        F.medication_request(pid, "1092437", _ago(at, 180), None, status="active", rid=f"{pid}-belimumab"),
-    ]
-    return r
 
 
 # ---------------------------------------------------------------------------------------

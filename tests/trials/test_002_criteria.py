@@ -16,68 +16,12 @@ from typing import Any
 import pytest
 
 from cds.synthetic import fhir as F
+# The patient who fits the trial lives in the package (the synthetic patient generator uses it).
+from cds.synthetic.trial_records import fits_002 as fits
 
 from .kit import evaluate_trial, missing_codes
 
 Resource = dict[str, Any]
-
-
-# --------------------------------------------------------------------------------------------
-# The patient who fits the trial (reused by the synthetic patient generator).
-# --------------------------------------------------------------------------------------------
-
-def _neg(pid: str, loinc: str, when: datetime, rid: str) -> Resource:
-    return F.observation(pid, "LOINC", loinc, when, value_code=("SNOMEDCT", "260385009"), interpretation="NEG", rid=rid)
-
-
-def fits(pid: str, at: datetime) -> list[Resource]:
-    """A 31-year-old woman with SLE since 2017 (EULAR/ACR 2019 score 24: ANA 1:1280, class IV
-    lupus nephritis in 2019, arthritis, acute cutaneous lupus, low C3/C4, anti-dsDNA), refractory
-    to a 4-month course of prednisone 60 mg/d (about 1 mg/kg) with hydroxychloroquine, then
-    mycophenolate mofetil, belimumab and tacrolimus; still active at screening on prednisone
-    15 mg/d, hydroxychloroquine and tacrolimus (SLEDAI-2K 16: arthritis 4, proteinuria 4, rash 2,
-    alopecia 2, low complement 2, raised anti-dsDNA 2). Organ function preserved (eGFR 96, normal
-    liver tests, SpO2 98 % on room air), viral and syphilis screen negative, negative serum hCG
-    five days before evaluation."""
-    screen = at - timedelta(days=12)
-    labs = at - timedelta(days=10)
-    virology = at - timedelta(days=21)
-    r = lambda name: f"{pid}-{name}"  # noqa: E731 - stable, readable ids per patient
-    return [
-        F.patient(pid, date(at.year - 31, 2, 9), "female", name="Fits002"),
-        F.condition(pid, "SNOMEDCT", "55464009", date(2017, 6, 1), rid=r("sle")),
-        F.observation(pid, "Local", "eular-acr-2019", date(2019, 9, 20), value=24, unit="{score}",
-                      category="survey", rid=r("eular")),
-        F.observation(pid, "Local", "sledai-2k", screen, value=16, unit="{score}", category="survey", rid=r("sledai")),
-        F.observation(pid, "LOINC", "5130-0", labs, value=212, unit="[IU]/mL", ref_high=30, interpretation="H",
-                      rid=r("dsdna")),
-        F.observation(pid, "LOINC", "4485-9", labs, value=61, unit="mg/dL", ref_high=180, interpretation="L", rid=r("c3")),
-        F.observation(pid, "LOINC", "4498-2", labs, value=7, unit="mg/dL", ref_high=40, interpretation="L", rid=r("c4")),
-        # vital signs and anthropometrics
-        F.observation(pid, "LOINC", "29463-7", labs, value=58, unit="kg", category="vital-signs", rid=r("weight")),
-        F.observation(pid, "LOINC", "8302-2", labs, value=161, unit="cm", category="vital-signs", rid=r("height")),
-        F.observation(pid, "LOINC", "59410-1", labs, value=98, unit="%", category="vital-signs", rid=r("spo2")),
-        # organ function
-        F.observation(pid, "LOINC", "2160-0", labs, value=0.82, unit="mg/dL", ref_high=1.02, rid=r("creat")),
-        F.observation(pid, "LOINC", "98979-8", labs, value=96, unit="mL/min/{1.73_m2}", rid=r("egfr")),
-        F.observation(pid, "LOINC", "1920-8", labs, value=26, unit="U/L", ref_high=40, rid=r("ast")),
-        F.observation(pid, "LOINC", "1742-6", labs, value=21, unit="U/L", ref_high=40, rid=r("alt")),
-        F.observation(pid, "LOINC", "1975-2", labs, value=0.6, unit="mg/dL", ref_high=1.2, rid=r("tbil")),
-        # infection screen and pregnancy test
-        _neg(pid, "5196-1", virology, r("hbsag")),
-        _neg(pid, "16933-4", virology, r("hbcab")),
-        _neg(pid, "13955-0", virology, r("hcvab")),
-        _neg(pid, "56888-1", virology, r("hiv")),
-        _neg(pid, "24110-9", virology, r("tp")),
-        _neg(pid, "2118-8", at - timedelta(days=5), r("hcg")),
-        # treatment history
-        F.medication_statement(pid, "5521", date(2017, 6, 10), None, dose_mg=200, per_day=2, status="active", rid=r("hcq")),
-        F.medication_statement(pid, "8640", date(2019, 9, 25), date(2020, 1, 25), dose_mg=60, rid=r("pred-high")),
-        F.medication_request(pid, "8640", at - timedelta(days=180), None, dose_mg=15, rid=r("pred")),
-        F.medication_statement(pid, "68149", date(2019, 9, 25), date(2022, 3, 1), dose_mg=1000, per_day=2, rid=r("mmf")),
-        F.medication_request(pid, "42316", at - timedelta(days=400), None, dose_mg=2, per_day=2, rid=r("tac")),
-        F.medication_statement(pid, "1092437", date(2022, 3, 15), date(2023, 9, 15), rid=r("belim")),
-    ]
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 import pytest
 
 from cds.synthetic import fhir as F
+# The patient who fits the trial lives in the package (the synthetic patient generator uses it).
+from cds.synthetic.trial_records import DETECTED, NOT_DETECTED, blood_pressure, flag, negative, positive, score
+from cds.synthetic.trial_records import ago as _ago
+from cds.synthetic.trial_records import bilag_assessment as bilag
+from cds.synthetic.trial_records import fits_003 as fits
 from tests.trials.kit import evaluate_trial, missing_codes
 
 TRIAL = "nct06710717"
@@ -23,123 +28,8 @@ PID = "p003"
 
 Resource = dict[str, Any]
 
-POS = ("SNOMEDCT", "10828004")
-NEG = ("SNOMEDCT", "260385009")
-DETECTED = ("SNOMEDCT", "260373001")
-NOT_DETECTED = ("SNOMEDCT", "260415000")
-
-
-def _ago(at: datetime, days: float) -> datetime:
-    return at - timedelta(days=days)
-
-
-def _component(code: str, value: float, unit: str) -> dict[str, Any]:
-    return {"code": F.concept("LOINC", code), "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
-
-
-def _bilag_component(domain: str, grade: str) -> dict[str, Any]:
-    return {"code": F.concept("Local", f"bilag-2004-{domain}", f"BILAG-2004 {domain}"),
-            "valueCodeableConcept": F.concept("BILAG", grade, f"Grade {grade}")}
-
-
 BILAG_DOMAINS = ("constitutional", "mucocutaneous", "neuropsychiatric", "musculoskeletal", "cardiorespiratory",
                  "gastrointestinal", "ophthalmic", "renal", "haematological")
-
-
-def bilag(pid: str, when: datetime, grades: dict[str, str], *, rid: str | None = None) -> Resource:
-    """A BILAG-2004 assessment: one component per domain given in `grades`."""
-    return F.observation(pid, "Local", "bilag-2004", when, category="survey", rid=rid,
-                         components=[_bilag_component(d, g) for d, g in grades.items()])
-
-
-def blood_pressure(pid: str, when: datetime, systolic: float, diastolic: float, *, rid: str | None = None) -> Resource:
-    return F.observation(pid, "LOINC", "85354-9", when, category="vital-signs", rid=rid,
-                         components=[_component("8480-6", systolic, "mm[Hg]"), _component("8462-4", diastolic, "mm[Hg]")])
-
-
-def score(pid: str, code: str, when: datetime, value: float, *, rid: str | None = None) -> Resource:
-    return F.observation(pid, "Local", code, when, value=value, unit="{score}", category="survey", rid=rid)
-
-
-def flag(pid: str, code: str, when: datetime, value: bool, *, rid: str | None = None) -> Resource:
-    return F.observation(pid, "Local", code, when, value_boolean=value, category="survey", rid=rid)
-
-
-def negative(pid: str, code: str, when: datetime, *, rid: str | None = None) -> Resource:
-    return F.observation(pid, "LOINC", code, when, value_code=NEG, interpretation="NEG", rid=rid)
-
-
-def positive(pid: str, code: str, when: datetime, *, rid: str | None = None) -> Resource:
-    return F.observation(pid, "LOINC", code, when, value_code=POS, interpretation="POS", rid=rid)
-
-
-def _ecog(pid: str, when: datetime, answer: str, display: str, *, rid: str | None = None) -> Resource:
-    res = F.observation(pid, "LOINC", "89247-1", when, value_code=("LOINC", answer), category="survey", rid=rid)
-    res["valueCodeableConcept"]["coding"][0]["display"] = display
-    return res
-
-
-def fits(pid: str, at: datetime) -> list[Resource]:
-    """A 35-year-old woman with long-standing, active, treatment-refractory SLE (class IV lupus
-    nephritis and cutaneous disease) who fits NCT06710717: classified by EULAR/ACR 2019,
-    ANA/anti-dsDNA/anti-Sm positive, SLEDAI-2K 14 and BILAG renal A, not in LLDAS or DORIS
-    remission, prednisolone throughout plus mycophenolate, tacrolimus and belimumab for over
-    3 months each and a rituximab course, preserved organ function, negative viral screen,
-    negative serum hCG this week."""
-    d = lambda days: _ago(at, days)  # noqa: E731
-    onset = datetime(2016, 5, 10, 9, 0)
-    return [
-        F.patient(pid, date(1991, 3, 14), "female", name="Rahman"),
-        # Diagnosis and classification (2016), autoantibodies at diagnosis and recently.
-        F.condition(pid, "SNOMEDCT", "55464009", onset, rid=f"{pid}-sle"),
-        F.condition(pid, "SNOMEDCT", "68815009", datetime(2019, 2, 1), rid=f"{pid}-ln",
-                    text="Lupus nephritis, ISN/RPS class IV"),
-        score(pid, "eular-acr-2019", datetime(2016, 6, 1), 24, rid=f"{pid}-eular"),
-        F.observation(pid, "LOINC", "5048-4", datetime(2016, 5, 20), value_string="1:640", interpretation="POS", rid=f"{pid}-ana"),
-        F.observation(pid, "LOINC", "5130-0", d(37), value=186, unit="[IU]/mL", ref_high=30, interpretation="H", rid=f"{pid}-dsdna"),
-        F.observation(pid, "LOINC", "5356-1", datetime(2016, 5, 20), value_code=POS, interpretation="POS", rid=f"{pid}-sm"),
-        F.observation(pid, "LOINC", "4485-9", d(14), value=58, unit="mg/dL", ref_high=180, interpretation="L", rid=f"{pid}-c3"),
-        F.observation(pid, "LOINC", "4498-2", d(14), value=6, unit="mg/dL", ref_high=40, interpretation="L", rid=f"{pid}-c4"),
-        # Disease activity two weeks ago.
-        score(pid, "sledai-2k", d(14), 14, rid=f"{pid}-sledai"),
-        flag(pid, "lldas", d(14), False, rid=f"{pid}-lldas"),
-        flag(pid, "doris-remission", d(14), False, rid=f"{pid}-doris"),
-        bilag(pid, d(14), {"constitutional": "D", "mucocutaneous": "B", "neuropsychiatric": "E", "musculoskeletal": "C",
-                           "cardiorespiratory": "E", "gastrointestinal": "E", "ophthalmic": "E", "renal": "A",
-                           "haematological": "C"}, rid=f"{pid}-bilag"),
-        _ecog(pid, d(14), "LA9623-5", "Restricted in physically strenuous activity but ambulatory", rid=f"{pid}-ecog"),
-        # Treatment history: prednisolone throughout; MMF, tacrolimus, belimumab >= 3 months each; rituximab.
-        F.medication_request(pid, "8638", datetime(2016, 5, 12), None, dose_mg=10, status="active", rid=f"{pid}-pred"),
-        F.medication_request(pid, "5521", datetime(2016, 5, 12), None, dose_mg=200, per_day=2, status="active", rid=f"{pid}-hcq"),
-        F.medication_statement(pid, "68149", datetime(2019, 2, 15), datetime(2021, 8, 31), dose_mg=1500, per_day=2, rid=f"{pid}-mmf"),
-        F.medication_statement(pid, "42316", datetime(2021, 9, 1), datetime(2023, 3, 31), dose_mg=3, per_day=2, rid=f"{pid}-tac"),
-        F.medication_statement(pid, "1092437", datetime(2023, 4, 15), datetime(2024, 10, 15), rid=f"{pid}-bel"),
-        F.medication_statement(pid, "121191", datetime(2025, 6, 2), datetime(2025, 6, 16), dose_mg=1000, rid=f"{pid}-rtx"),
-        F.medication_request(pid, "7145", datetime(2025, 1, 6), None, dose_mg=720, per_day=2, status="active", rid=f"{pid}-mpa"),
-        # Organ function.
-        F.observation(pid, "LOINC", "1742-6", d(14), value=31, unit="U/L", ref_high=35, rid=f"{pid}-alt"),
-        F.observation(pid, "LOINC", "1920-8", d(14), value=27, unit="U/L", ref_high=35, rid=f"{pid}-ast"),
-        F.observation(pid, "LOINC", "1975-2", d(14), value=0.5, unit="mg/dL", ref_high=1.2, rid=f"{pid}-bili"),
-        F.observation(pid, "LOINC", "2160-0", d(14), value=0.9, unit="mg/dL", ref_high=1.0, rid=f"{pid}-creat"),
-        F.observation(pid, "LOINC", "10230-1", d(70), value=62, unit="%", category="imaging", rid=f"{pid}-lvef"),
-        F.observation(pid, "LOINC", "19872-1", d(70), value=86, unit="%", category="exam", rid=f"{pid}-fvc"),
-        F.observation(pid, "Local", "dlco-hb-pct-pred", d(70), value=74, unit="%", category="exam", rid=f"{pid}-dlco"),
-        blood_pressure(pid, d(14), 124, 78, rid=f"{pid}-bp"),
-        F.observation(pid, "LOINC", "29463-7", d(14), value=57.5, unit="kg", category="vital-signs", rid=f"{pid}-wt"),
-        F.observation(pid, "LOINC", "8302-2", d(14), value=158, unit="cm", category="vital-signs", rid=f"{pid}-ht"),
-        # Blood counts: mild anaemia of chronic disease and lymphopenia, as in active SLE.
-        F.observation(pid, "LOINC", "718-7", d(14), value=108, unit="g/L", ref_high=150, rid=f"{pid}-hb"),
-        F.observation(pid, "LOINC", "6690-2", d(14), value=4.1, unit="10*9/L", ref_high=11.0, rid=f"{pid}-wbc"),
-        F.observation(pid, "LOINC", "751-8", d(14), value=2.9, unit="10*9/L", ref_high=7.5, rid=f"{pid}-anc"),
-        F.observation(pid, "LOINC", "731-0", d(14), value=0.7, unit="10*9/L", ref_high=4.0, interpretation="L", rid=f"{pid}-lym"),
-        F.observation(pid, "LOINC", "777-3", d(14), value=168, unit="10*9/L", ref_high=400, rid=f"{pid}-plt"),
-        # Infection screen and pregnancy test.
-        negative(pid, "56888-1", d(37), rid=f"{pid}-hiv"),
-        negative(pid, "5196-1", d(37), rid=f"{pid}-hbsag"),
-        negative(pid, "16933-4", d(37), rid=f"{pid}-hbc"),
-        negative(pid, "13955-0", d(37), rid=f"{pid}-hcv"),
-        negative(pid, "2118-8", d(5), rid=f"{pid}-hcg"),
-    ]
 
 
 # ---------------------------------------------------------------------------------------
@@ -450,14 +340,14 @@ EXCLUSION_CASES = [
          note="heart failure: NYHA class needed", missing=("88020-3",)),
     Case("003-E2-missing-severity-neurologic", E2, with_(*E2_CLEAN, cond("SNOMEDCT", "84757009", 2000)), "unknown",
          note="is this a severe neurologic disorder"),
-    # E3 irreversible kidney damage and CrCl < 30.
+    # E3 irreversible kidney damage and CrCl < 30 (the clearance decides; see the rule).
     Case("003-E3-met-esrd", E3, with_(cond("ICD10CM", "N18.6", 500)), "met", days=500, note="end-stage renal disease: met"),
     Case("003-E3-not-met", E3, with_(*CREATININE_WEIGHT(0.9, 57.5)), "not-met", value="79.2", unit="mL/min", days=10,
          note="derived: Cockcroft-Gault"),
     Case("003-E3-not-met-reported-clearance", E3, with_(obs("2164-2", 20, value=96, unit="mL/min")), "not-met", value="96",
          unit="mL/min", days=20, note="reported creatinine clearance"),
-    Case("003-E3-missing-reversibility", E3, with_(*CREATININE_WEIGHT(3.4, 55)), "unknown", value="20.1",
-         unit="mL/min", days=10, note="clinician review: is the reduced creatinine clearance pre-existing and irreversible"),
+    Case("003-E3-met-crcl", E3, with_(*CREATININE_WEIGHT(3.4, 55)), "met", value="20.1",
+         unit="mL/min", days=10, note="creatinine clearance < 30 mL/min: met"),
     Case("003-E3-missing", E3, woman, "unknown", missing=("2164-2", "2160-0", "29463-7")),
     # E4 severe pancytopenia: Hb < 80 g/L and ANC < 1.0 and PLT < 50 x10^9/L.
     Case("003-E4-met", E4, with_(*COUNTS(72, 0.6, 28)), "met", value="28", unit="10*9/L", days=7),

@@ -17,6 +17,13 @@ import pytest
 
 from cds.paths import RULES_DIR
 from cds.synthetic import fhir as F
+# The patient who fits the trial lives in the package (the synthetic patient generator uses it).
+from cds.synthetic.trial_records import fits_004 as fits
+from cds.synthetic.trial_records import man_004 as _man
+from cds.synthetic.trial_records import negative_days_ago as _neg
+from cds.synthetic.trial_records import obs_days_ago as _obs
+from cds.synthetic.trial_records import positive_days_ago as _pos
+from cds.synthetic.trial_records import woman_004 as _woman
 from cds.trialmeta import load_trial
 
 from .kit import evaluate_trial, missing_codes
@@ -24,71 +31,6 @@ from .kit import evaluate_trial, missing_codes
 TRIAL = "nct06350110"
 PID = "p004"
 Resource = dict[str, Any]
-
-
-# ---------------------------------------------------------------------------------------
-# Record builders
-# ---------------------------------------------------------------------------------------
-
-def _obs(pid: str, at: datetime, code: str, days: float, system: str = "LOINC", **kw: Any) -> Resource:
-    return F.observation(pid, system, code, F.days_before(at, days), **kw)
-
-
-def _neg(pid: str, at: datetime, code: str, days: float = 30) -> Resource:
-    return _obs(pid, at, code, days, value_code=("SNOMEDCT", "260385009"), interpretation="NEG")
-
-
-def _pos(pid: str, at: datetime, code: str, days: float = 30) -> Resource:
-    return _obs(pid, at, code, days, value_code=("SNOMEDCT", "10828004"), interpretation="POS")
-
-
-def _woman(pid: str) -> Resource:
-    return F.patient(pid, date(1990, 3, 14), "female", name="Lin")
-
-
-def _man(pid: str) -> Resource:
-    return F.patient(pid, date(1984, 8, 2), "male", name="Chen")
-
-
-def fits(pid: str, at: datetime) -> list[Resource]:
-    """A 36-year-old woman with refractory SLE who fits NCT06350110.
-
-    SLE since 2017 (EULAR/ACR 2019 total 20), active despite hydroxychloroquine, prednisone,
-    mycophenolate (stopped 3 weeks ago for the washout before leukapheresis), a past belimumab
-    course and rituximab in 2021 (CD20, long recovered: CD19+ B cells 210 /uL). Mild cytopenias
-    of lupus, normal liver and kidney function, normal echo, negative serology and a negative
-    serum hCG a week ago; no live vaccine, no malignancy, no CNS disease.
-    """
-    d = lambda n: F.days_before(at, n)  # noqa: E731
-    return [
-        _woman(pid),
-        F.condition(pid, "SNOMEDCT", "55464009", date(2017, 5, 1)),
-        _obs(pid, at, "eular-acr-2019", 700, system="Local", value=20, unit="{score}", category="survey"),
-        _obs(pid, at, "selena-sledai", 10, system="Local", value=12, unit="{score}", category="survey"),
-        _obs(pid, at, "8116-6", 10, value=210, unit="/uL"),
-        _obs(pid, at, "718-7", 10, value=108, unit="g/L"),
-        _obs(pid, at, "6690-2", 10, value=3.6, unit="10*9/L"),
-        _obs(pid, at, "751-8", 10, value=2.3, unit="10*9/L"),
-        _obs(pid, at, "777-3", 10, value=148, unit="10*9/L"),
-        _obs(pid, at, "1920-8", 10, value=24, unit="U/L", ref_high=40),
-        _obs(pid, at, "1742-6", 10, value=19, unit="U/L", ref_high=35),
-        _obs(pid, at, "1975-2", 10, value=0.5, unit="mg/dL", ref_high=1.2),
-        _obs(pid, at, "2160-0", 10, value=0.78, unit="mg/dL", ref_high=1.02),
-        _obs(pid, at, "29463-7", 10, value=58, unit="kg", category="vital-signs"),
-        _obs(pid, at, "8302-2", 10, value=163, unit="cm", category="vital-signs"),
-        _obs(pid, at, "18043-0", 60, value=63, unit="%", category="imaging"),
-        _neg(pid, at, "2118-8", 7),
-        _neg(pid, at, "56888-1", 30),
-        _neg(pid, at, "5196-1", 30),
-        _neg(pid, at, "16933-4", 30),
-        _neg(pid, at, "13955-0", 30),
-        _neg(pid, at, "24110-9", 30),
-        F.medication_request(pid, "5521", date(2017, 6, 1), None, dose_mg=200, per_day=2),
-        F.medication_request(pid, "8640", d(120), None, dose_mg=10),
-        F.medication_request(pid, "68149", date(2019, 6, 1), d(21), dose_mg=1000, per_day=2, status="stopped"),
-        F.medication_statement(pid, "1092437", date(2022, 1, 10), date(2023, 6, 30)),
-        F.medication_statement(pid, "121191", date(2021, 3, 1), date(2021, 3, 15)),
-    ]
 
 
 # ---------------------------------------------------------------------------------------
