@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,6 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .paths import PATIENTS_DIR
 
 DEMO_PATIENTS = [
     ("adult-likely", "likely eligible: complete, recent data"),
@@ -38,10 +38,6 @@ def _any_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def hook_request_file(name: str) -> Path:
-    return PATIENTS_DIR / "hooks" / f"{name}.json"
 
 
 def _evidence(c: dict[str, Any]) -> str:
@@ -114,10 +110,22 @@ def run_demo(*, port: int = 8080, once: bool = False) -> int:
         service = discovery["services"][0]
         console.print(f"discovery: service [bold]{service['id']}[/bold] on {service['hook']}, "
                       f"{len(service.get('prefetch', {}))} prefetch templates")
+        # The demo patients are generated as of now (their labs are days old, whatever the date),
+        # and their prefetch answers the templates discovery just advertised, as an EHR would.
+        from datetime import datetime, timezone
+
+        from .hooks.prefetch import PrefetchQuery
+        from .synthetic.patients import generate, hook_request
+
+        queries = [PrefetchQuery(key, template.split("/")[0].split("?")[0], template)
+                   for key, template in service.get("prefetch", {}).items()]
+        patients = generate(datetime.now(timezone.utc), [name for name, _ in DEMO_PATIENTS])
+        out_dir = Path(tempfile.gettempdir()) / "trial-cds-demo"
+        out_dir.mkdir(exist_ok=True)
         failed = False
         for name, what in DEMO_PATIENTS:
-            path = hook_request_file(name)
-            body = json.loads(path.read_text(encoding="utf-8"))
+            body = hook_request(name, patients[name], queries)
+            (out_dir / f"{name}.json").write_text(json.dumps(body, indent=2), encoding="utf-8")
             started = time.perf_counter()
             reply = requests.post(f"{base}/cds-services/{service['id']}", json=body, timeout=60)
             ms = (time.perf_counter() - started) * 1000
@@ -126,7 +134,7 @@ def run_demo(*, port: int = 8080, once: bool = False) -> int:
                 failed = True
                 continue
             print_cards(console, f"{name} ({what}) in {ms:.0f} ms", reply.json())
-        sample = hook_request_file(DEMO_PATIENTS[0][0])
+        sample = out_dir / f"{DEMO_PATIENTS[0][0]}.json"
         console.rule("try it")
         console.print(f"curl -s -X POST {base}/cds-services/{service['id']} -H 'Content-Type: application/json' "
                       f"-d @{sample}", soft_wrap=True, highlight=False)
