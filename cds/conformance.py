@@ -45,11 +45,8 @@ the known-failure list (tests/conformance_known_failures.txt).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -61,8 +58,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .engine.pool import ENGINE_DIR, EngineError, EngineTimeout, EngineUnavailable, WorkerPool
-from .engine.translator import TRANSLATE_SCRIPT, Translation, Translator
+from .engine.pool import EngineError, EngineTimeout, EngineUnavailable, WorkerPool
+from .engine.translator import Translation, Translator
 from .engine.values import (
     CqlDate,
     CqlDateTime,
@@ -562,38 +559,8 @@ def literal_value(text: str) -> tuple[bool, Any]:
 
 # The project's translator leaves result types out of the ELM (they cost size and the engine
 # needs none). The comparison needs them (JSON cannot tell 1 from 1.0), so a second translator
-# process, the project's own `translate.mjs` with EnableResultTypes added, types each library.
-# Its ELM is only read for types; what runs is always the project translator's ELM.
-_TYPING_SCRIPT = r"""
-const writeReply = process.stdout.write.bind(process.stdout);
-const { CqlCompilerOptions } = await import("@cqframework/cql/cql-to-elm");
-const withOptions = CqlCompilerOptions.prototype.withOptions;
-CqlCompilerOptions.prototype.withOptions = function (options) {
-  return withOptions.call(this, [...options, CqlCompilerOptions.Options.EnableResultTypes]);
-};
-const { pathToFileURL } = await import("node:url");
-const { makeTranslator } = await import(pathToFileURL(process.env.TRIAL_CDS_TRANSLATE_SCRIPT).href);
-const translate = makeTranslator([]);
-const readline = await import("node:readline");
-const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
-for await (const line of rl) {
-  if (!line.trim()) continue;
-  let reply;
-  try {
-    const req = JSON.parse(line);
-    const [res] = translate([{ cql: req.cql }]);
-    const types = {};
-    for (const d of (res.elm && res.elm.library.statements && res.elm.library.statements.def) || []) {
-      const e = d.expression || {};
-      types[d.name] = { resultTypeName: e.resultTypeName, resultTypeSpecifier: e.resultTypeSpecifier };
-    }
-    reply = { id: req.id, ok: !!res.elm, types, errors: res.errors.map((m) => m.message) };
-  } catch (err) {
-    reply = { id: null, ok: false, types: {}, errors: [String((err && err.stack) || err)] };
-  }
-  writeReply(JSON.stringify(reply) + "\n");
-}
-"""
+# process with result types on types each library. Its ELM is only read for types; what runs is
+# always the project translator's ELM.
 
 
 class TypingUnavailable(EngineUnavailable):
@@ -604,41 +571,23 @@ class TypingTranslator:
     """Result types of every define of a CQL library, from the translator (see above)."""
 
     def __init__(self) -> None:
-        node = shutil.which("node")
-        if node is None:
-            raise EngineUnavailable("Node.js is not installed")
-        self._proc = subprocess.Popen(
-            [node, "--input-type=module", "-e", _TYPING_SCRIPT],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
-            cwd=str(ENGINE_DIR), env={**os.environ, "TRIAL_CDS_TRANSLATE_SCRIPT": str(TRANSLATE_SCRIPT)})
-        self._next = 0
+        self._translator = Translator(result_types=True)
 
     def types(self, cql: str) -> dict[str, Any]:
-        assert self._proc.stdin and self._proc.stdout
-        self._next += 1
-        self._proc.stdin.write(json.dumps({"id": self._next, "cql": cql}) + "\n")
-        self._proc.stdin.flush()
-        line = self._proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the typing translator exited")
-        reply = json.loads(line)
-        if not reply.get("ok"):
-            raise RuntimeError("the typing translator failed: " + "; ".join(reply.get("errors") or []))
-        untyped = [n for n, node in reply["types"].items()
+        t = self._translator.translate(cql)
+        if t.elm is None:
+            raise RuntimeError("the typing translator failed: " + "; ".join(m.message for m in t.errors))
+        nodes = {d["name"]: d.get("expression") or {} for d in (t.elm["library"].get("statements") or {}).get("def") or []}
+        untyped = [n for n, node in nodes.items()
                    if not node.get("resultTypeName") and not node.get("resultTypeSpecifier")]
-        if untyped:  # EnableResultTypes did not take: never compare without types
+        if untyped:  # result types did not take: never compare without types
             raise TypingUnavailable(f"the translator gave no result type for {', '.join(untyped[:3])}")
-        return {name: _type_of(node) for name, node in reply["types"].items()}
+        return {name: _type_of({"resultTypeName": node.get("resultTypeName"),
+                                "resultTypeSpecifier": node.get("resultTypeSpecifier")})
+                for name, node in nodes.items()}
 
     def close(self) -> None:
-        if self._proc.poll() is None:
-            assert self._proc.stdin
-            self._proc.stdin.close()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        self._translator.close()
 
 
 class _Failed(Exception):

@@ -20,7 +20,7 @@ from cds import conformance as cf
 from cds.engine.values import CqlDate, CqlDateTime, CqlTime, Interval, Quantity, Uncertainty
 
 SUITE = cf.suite_dir()
-ABSENT = (f"the CQL conformance suite is absent: no cql/*.xml under "
+ABSENT = ("the CQL conformance suite is absent: no cql/*.xml under "
           + (f"${cf.ENV_VAR}={os.environ[cf.ENV_VAR]}" if os.environ.get(cf.ENV_VAR)
              else f"{cf.REPO_ROOT.parent / 'shared' / 'cql-tests'} (or set ${cf.ENV_VAR})"))
 GROUPS = sorted(p.stem for p in (SUITE / "cql").glob("*.xml")) if SUITE else ["(suite absent)"]

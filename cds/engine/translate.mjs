@@ -3,6 +3,7 @@
 // Two ways in:
 //   node translate.mjs --rules DIR FILE.cql...   one batch, prints {"results": [...]} on stdout
 //   node translate.mjs --serve --rules DIR       JSON lines on stdin/stdout, one request per line:
+//   (add --result-types to annotate every ELM node with its result type)
 //        {"id": 1, "cql": "library X ...", "sources": {"Other": "library Other ..."}}
 //     -> {"id": 1, "library": "X", "version": "1", "elm": {...}|null, "errors": [...], "warnings": [...]}
 //
@@ -60,14 +61,17 @@ function ucumService() {
   );
 }
 
-function compilerOptions() {
+function compilerOptions(resultTypes) {
   const O = CqlCompilerOptions.Options;
   // Locators keep file:line in errors and in ELM; annotations are dropped because the CQL
   // text travels beside the ELM (Library.content) and would double the size of every bundle.
+  // Result types (off by default: the engine needs none) are asked for by the conformance run,
+  // which must tell an Integer 1 from a Decimal 1.0 that JSON cannot.
   return new CqlCompilerOptions().withOptions([
     O.EnableLocators,
     O.DisableListDemotion,
     O.DisableListPromotion,
+    ...(resultTypes ? [O.EnableResultTypes] : []),
   ]);
 }
 
@@ -97,7 +101,7 @@ function libraryHeader(cql) {
  * A translator bound to some rules directories. A fresh LibraryManager per batch: its cache of
  * compiled libraries is what makes a batch fast, and a new one per batch keeps edits visible.
  */
-export function makeTranslator(rulesDirs) {
+export function makeTranslator(rulesDirs, { resultTypes = false } = {}) {
   return function translateBatch(items) {
     const inMemory = new Map();
     for (const it of items) {
@@ -112,7 +116,7 @@ export function makeTranslator(rulesDirs) {
         id === "FHIR" && (version == null || version === "4.0.1") ? stringAsSource(FHIR_MODELINFO) : null,
       ),
     );
-    const lm = new LibraryManager(mm, compilerOptions(), undefined, ucumService());
+    const lm = new LibraryManager(mm, compilerOptions(resultTypes), undefined, ucumService());
     lm.librarySourceLoader.registerProvider(
       createLibrarySourceProvider((id) => {
         if (inMemory.has(id)) return stringAsSource(inMemory.get(id));
@@ -140,10 +144,11 @@ export function makeTranslator(rulesDirs) {
 }
 
 function parseArgs(argv) {
-  const out = { rules: [], files: [], serve: false };
+  const out = { rules: [], files: [], serve: false, resultTypes: false };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--rules") out.rules.push(argv[++i]);
     else if (argv[i] === "--serve") out.serve = true;
+    else if (argv[i] === "--result-types") out.resultTypes = true;
     else out.files.push(argv[i]);
   }
   return out;
@@ -151,7 +156,7 @@ function parseArgs(argv) {
 
 async function main() {
   const args = parseArgs(process.argv.slice(2));
-  const translate = makeTranslator(args.rules);
+  const translate = makeTranslator(args.rules, { resultTypes: args.resultTypes });
   if (!args.serve) {
     const items = args.files.map((f) => ({ file: f, cql: fs.readFileSync(f, "utf8") }));
     writeReply(JSON.stringify({ results: translate(items) }));

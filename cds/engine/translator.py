@@ -99,8 +99,8 @@ def translate_files(files: Sequence[Path], rules_dirs: Sequence[Path]) -> list[T
 class Translator:
     """A long-lived translator process (JSON lines); thread-safe, one request at a time."""
 
-    def __init__(self, rules_dirs: Sequence[Path] = ()) -> None:
-        cmd = [_node(), str(TRANSLATE_SCRIPT), "--serve"]
+    def __init__(self, rules_dirs: Sequence[Path] = (), *, result_types: bool = False) -> None:
+        cmd = [_node(), str(TRANSLATE_SCRIPT), "--serve"] + (["--result-types"] if result_types else [])
         for d in rules_dirs:
             cmd += ["--rules", str(Path(d).resolve())]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -162,7 +162,6 @@ def test_screen(patients_engine: Engine, bundles: dict[str, dict[str, Any]], nam
 def test_hook_prefetch_carries_everything_the_rules_read(patients_engine: Engine, catalogue: Catalogue,
                                                          results: Results, name: str) -> None:
     """The committed hook request, assembled as the service does, gives the same verdicts."""
-    import json
 
     doc = json.loads((PATIENTS_DIR / "hooks" / f"{name}.json").read_text(encoding="utf-8"))
     record = assemble_record(name, P.advertised_queries(BUNDLES_DIR), doc["prefetch"], None)
