@@ -35,6 +35,7 @@ export function applyFastPaths() {
   applied = true;
   retrieveCodeLists();
   leanExecute();
+  sharedLibraryContexts();
   distinctKeysForFhirObjects();
   memoisedOverloads();
   const source = cqlfhir.PatientSource.FHIRv401();
@@ -270,4 +271,49 @@ export function dropLocalIds(node) {
     }
   }
   return node;
+}
+
+/**
+ * One patient's evaluation runs several trial libraries, each with its own root context, and
+ * each would evaluate the shared libraries they include (SLECommon, FHIRHelpers) again. Inside
+ * `shareIncludedLibraries(fn)`, the context of an included library is shared by every library
+ * evaluated (keyed by the included library's name and version): its defines are computed once
+ * per patient. Safe because all libraries of one call see the same patient, the same
+ * evaluation time and no per-library parameters for the included library.
+ */
+let sharedContexts = null;
+
+export async function shareIncludedLibraries(fn) {
+  const previous = sharedContexts;
+  sharedContexts = new Map();
+  try {
+    return await fn();
+  } finally {
+    sharedContexts = previous;
+  }
+}
+
+function sharedLibraryContexts() {
+  const contextModule = require("cql-execution/lib/runtime/context");
+  const { PatientContext } = contextModule;
+  PatientContext.prototype.getLibraryContext = function getLibraryContext(alias) {
+    let ctx = this.library_context[alias];
+    if (ctx == null) {
+      const library = this.get(alias);
+      const id = library && library.source && library.source.library && library.source.library.identifier;
+      const key = id ? `${id.id}|${id.version || ""}` : null;
+      const params = this.parameters && Object.keys(this.parameters).length ? this.parameters : null;
+      if (sharedContexts !== null && key !== null && params === null) {
+        ctx = sharedContexts.get(key);
+        if (ctx === undefined) {
+          ctx = new PatientContext(library, this.patient, this.codeService, this.parameters, this.executionDateTime, this.messageListener);
+          sharedContexts.set(key, ctx);
+        }
+      } else {
+        ctx = new PatientContext(library, this.patient, this.codeService, this.parameters, this.executionDateTime, this.messageListener);
+      }
+      this.library_context[alias] = ctx;
+    }
+    return ctx;
+  };
 }

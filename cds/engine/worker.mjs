@@ -19,7 +19,7 @@ const cql = require("cql-execution");
 const cqlfhir = require("cql-exec-fhir");
 const { checkUnit } = require("cql-execution/lib/util/units");
 
-import { applyFastPaths, dropLocalIds } from "./fastpaths.mjs";
+import { applyFastPaths, dropLocalIds, shareIncludedLibraries } from "./fastpaths.mjs";
 
 applyFastPaths();
 
@@ -149,6 +149,10 @@ async function evaluate(req) {
   const at = req.executionDateTime ? cql.DateTime.parse(req.executionDateTime) : null;
   if (req.executionDateTime && !at) throw new Error(`executionDateTime is not an ISO date-time: ${req.executionDateTime}`);
   if (req.bundle) sanitizeQuantities(req.bundle);
+  return shareIncludedLibraries(() => evaluateLibraries(req, at));
+}
+
+async function evaluateLibraries(req, at) {
   const results = {};
   for (const name of req.libraries || []) {
     const ex = executorFor(name);
