@@ -1,8 +1,11 @@
 """Typed Python values for what the CQL engine returns.
 
 The worker tags every CQL value that JSON cannot carry by itself (`{"@type": "Quantity", ...}`);
-untagged objects are Tuples. Decoding keeps CQL's meaning: decimals stay `Decimal`, date-times
-keep their precision as text beside the parsed value, nulls stay `None`.
+untagged objects are Tuples. Decoding keeps CQL's meaning: fractional numbers become `Decimal`
+(never float), date-times keep their precision as text beside the parsed value, nulls stay
+`None`. The engine holds CQL Integer and Decimal as one JS number type, so a whole-number
+Decimal (2.0) arrives as the int 2; callers that must tell them apart read the result type
+from the ELM (as the conformance run does).
 """
 
 from __future__ import annotations
