@@ -148,6 +148,95 @@ def demo(
     raise typer.Exit(run_demo(port=port, once=once))
 
 
+@app.command()
+def publish(
+    fhir_base_url: Annotated[str, typer.Argument(help="FHIR R4 base URL, e.g. http://localhost:8090/fhir")],
+    trial: Annotated[str | None, typer.Option(help="Publish only this trial (ResearchStudy id); default: the whole catalogue")] = None,
+    patients: Annotated[bool, typer.Option("--patients", help="Also publish the synthetic patients (bundles/patients/*.json)")] = False,
+    token: Annotated[str | None, typer.Option(envvar="TRIAL_CDS_PUBLISH_TOKEN", show_envvar=True,
+                                              help="Bearer token for the FHIR server")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Compare with the server and print what would change; write nothing")] = False,
+    bundles: Annotated[Path, typer.Option(help="Directory of trial bundles")] = BUNDLES_DIR,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every resource and what happened to it")] = False,
+) -> None:
+    """Upload the trial catalogue (and optionally the synthetic patients) as transactions; idempotent."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.table import Table
+
+    from .publish import (
+        CREATED,
+        UNCHANGED,
+        UPDATED,
+        Publisher,
+        PublishError,
+        load_sources,
+    )
+
+    out = Console()
+    try:
+        sources = load_sources(bundles, trial=trial, patients=patients)
+    except PublishError as exc:
+        err.print("[red]cannot publish:[/red]", markup=True)
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    total = sum(len(s.resources) for s in sources)
+    try:
+        publisher = Publisher(fhir_base_url, token)
+    except PublishError as exc:
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=False) as bar:
+        # Each resource is counted twice: once when compared with the server, once when written or skipped.
+        task = bar.add_task("comparing with the server", total=2 * total)
+        try:
+            report = publisher.publish(sources, dry_run=dry_run,
+                                       progress=lambda n, what: bar.update(task, advance=n, description=what))
+        except PublishError as exc:
+            bar.stop()
+            err.print("[red]publish failed:[/red]", markup=True)
+            err.print(str(exc), markup=False, highlight=False)
+            raise typer.Exit(1) from None
+    title = f"{'DRY RUN: would publish' if dry_run else 'Published'} to {fhir_base_url}"
+    if report.failure is not None:
+        title = f"Publish to {fhir_base_url} stopped at a failed transaction; written before it"
+    table = Table(title=title)
+    for col in ("resource type", CREATED, UPDATED, UNCHANGED):
+        table.add_column(col, justify="left" if col == "resource type" else "right")
+    counts = report.counts()
+    for rtype in sorted(counts):
+        c = counts[rtype]
+        table.add_row(rtype, str(c[CREATED]), str(c[UPDATED]), str(c[UNCHANGED]))
+    grand = {a: sum(c[a] for c in counts.values()) for a in (CREATED, UPDATED, UNCHANGED)}
+    table.add_row("total", str(grand[CREATED]), str(grand[UPDATED]), str(grand[UNCHANGED]), style="bold")
+    out.print(table)
+    if verbose or dry_run:
+        for key, action in report.actions.items():
+            if verbose or action != UNCHANGED:
+                out.print(f"  {'would be ' if dry_run else ''}{action}: {key}", markup=False, highlight=False)
+    verb = "would send" if dry_run else "committed"
+    if report.transactions == 0 and report.failure is None:
+        out.print("nothing to write: the server already has every resource as published")
+    out.print(f"{report.transactions} transaction(s) {verb}"
+              + (f", {publisher.retries} retried request(s)" if publisher.retries else ""), markup=False, highlight=False)
+    if report.failure is not None:
+        f = report.failure
+        err.print(f"[red]transaction {f.index} failed (HTTP {f.status}); the server rolled it back, "
+                  f"nothing of it was written[/red]", markup=True)
+        for e in f.errors:
+            err.print(f"  {e.key or 'transaction'}: {e.message}", markup=False, highlight=False)
+        err.print(f"not written: {len(report.not_written)} resource(s) "
+                  f"({len(f.keys)} in the failed transaction, the rest not sent); "
+                  f"{report.transactions} earlier transaction(s) were committed", markup=False, highlight=False)
+        raise typer.Exit(1)
+
+
 @app.command("feedback")
 def feedback_summary(
     db: Annotated[Path | None, typer.Option(help="Feedback/audit SQLite file (default TRIAL_CDS_DB)")] = None,
