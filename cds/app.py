@@ -4,18 +4,26 @@ Flow of one hook call (one way, never back up the chain):
 request -> record (prefetch, then the EHR's FHIR server) -> evaluation (CQL) -> cards.
 Every failure has an answer: 400 malformed request, 401 bad JWT, 412 data unavailable,
 503 engine unavailable; nothing reaches the client as a traceback.
+
+The catalogue (trials, their compiled libraries, the CQL engine running them, and what is
+derived from them: prefetch queries, orderable codes, the screening library) is one `Rules`
+object. `POST /admin/reload` builds a new one off the request path, starts its engine, and
+swaps it in atomically; a hook call holds the `Rules` it started with until it answers, and
+the old engine closes when its last call has finished.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import re
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -53,19 +61,58 @@ class ApiError(Exception):
         self.message = message
 
 
-@dataclass
-class State:
-    """Everything loaded once at start-up and shared by requests."""
+@dataclass(eq=False)
+class Rules:
+    """One loaded catalogue with its engine and what is derived from it; replaced whole on reload."""
 
-    settings: Settings
     catalogue: Catalogue
     engine: Engine
-    store: Store
-    verifier: JwtVerifier | None
     queries: list[PrefetchQuery] = field(default_factory=list)
     orderable: set[tuple[str, str]] = field(default_factory=set)
     screen_library: str | None = None
+    _users: int = 0
+    _retired: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            close = self._retired and self._users == 0
+        if close:
+            self._close()
+
+    def retire(self) -> None:
+        """No new calls; the engine closes now, or when the last call using it finishes."""
+        with self._lock:
+            if self._retired:
+                return
+            self._retired = True
+            close = self._users == 0
+        if close:
+            self._close()
+
+    def _close(self) -> None:
+        try:
+            self.engine.close()
+        except Exception:  # a failing close must not fail the call that released it
+            log.exception("closing a retired CQL engine failed")
+
+
+@dataclass
+class State:
+    """Everything loaded at start-up and shared by requests; `rules` is swapped by a reload."""
+
+    settings: Settings
+    rules: Rules
+    store: Store
+    verifier: JwtVerifier | None
     ready: bool = False
+    _swap_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     # SQLite writes get their own thread: in the default executor they would queue behind hook
     # calls waiting for a CQL worker, holding every finished answer until the queue drains.
     store_thread: ThreadPoolExecutor = field(
@@ -74,13 +121,52 @@ class State:
     async def in_store_thread(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.store_thread, partial(fn, *args, **kwargs))
 
+    # The current rules, for code that reads one field (discovery, readiness, tests).
+    @property
+    def catalogue(self) -> Catalogue:
+        return self.rules.catalogue
+
+    @property
+    def engine(self) -> Engine:
+        return self.rules.engine
+
+    @property
+    def queries(self) -> list[PrefetchQuery]:
+        return self.rules.queries
+
+    @property
+    def orderable(self) -> set[tuple[str, str]]:
+        return self.rules.orderable
+
+    @property
+    def screen_library(self) -> str | None:
+        return self.rules.screen_library
+
+    @contextmanager
+    def using_rules(self) -> Iterator[Rules]:
+        """The current rules, kept open (engine running) until the block ends, whatever a reload does."""
+        with self._swap_lock:
+            rules = self.rules
+            rules.acquire()
+        try:
+            yield rules
+        finally:
+            rules.release()
+
+    def swap(self, new: Rules) -> Rules:
+        """Make `new` current; the old rules close once their last call finishes. Returns the old."""
+        with self._swap_lock:
+            old, self.rules = self.rules, new
+        old.retire()
+        return old
+
 
 def load_catalogue(settings: Settings) -> Catalogue:
     source = settings.catalogue
     if source.startswith(("http://", "https://")):
         from .fhir.catalogue import catalogue_from_server
 
-        return catalogue_from_server(source, timeout=settings.fetch_timeout)
+        return catalogue_from_server(source, token=settings.catalogue_token, timeout=settings.fetch_timeout)
     from pathlib import Path
 
     return Catalogue.from_directory(Path(source))
@@ -96,23 +182,27 @@ def _screen_library(catalogue: Catalogue) -> str | None:
     return None
 
 
-def build_state(settings: Settings) -> State:
+def build_rules(settings: Settings) -> Rules:
+    """Load the catalogue and derive everything from it; the engine is built but not started."""
     catalogue = load_catalogue(settings)
-    engine = Engine(catalogue.libraries, pool_size=settings.pool_size, timeout=settings.cql_timeout)
-    store = Store(settings.db)
-    verifier = None if settings.insecure else JwtVerifier(settings.trusted_issuers)
     screen = _screen_library(catalogue)
     names = catalogue.trial_libraries + ([screen] if screen else [])
-    return State(
-        settings=settings,
-        catalogue=catalogue,
-        engine=engine,
-        store=store,
-        verifier=verifier,
-        queries=prefetch_queries(catalogue.libraries, names) if names else [],
-        orderable=orderable_codes(catalogue.libraries),
-        screen_library=screen,
-    )
+    queries = prefetch_queries(catalogue.libraries, names) if names else []
+    orderable = orderable_codes(catalogue.libraries)
+    engine = Engine(catalogue.libraries, pool_size=settings.pool_size, timeout=settings.cql_timeout)
+    return Rules(catalogue=catalogue, engine=engine, queries=queries, orderable=orderable, screen_library=screen)
+
+
+def build_state(settings: Settings) -> State:
+    rules = build_rules(settings)
+    store = Store(settings.db)
+    verifier = None if settings.insecure else JwtVerifier(settings.trusted_issuers)
+    return State(settings=settings, rules=rules, store=store, verifier=verifier)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -131,7 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             state.ready = False
-            state.engine.close()
+            state.rules.retire()
             state.store_thread.shutdown(wait=True)
             state.store.close()
 
@@ -171,6 +261,54 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except AuthError as exc:
             log.warning("rejected call to %s: %s", endpoint, exc.reason)
             raise ApiError(401, f"authentication failed: {exc.reason}") from None
+
+    def authenticate_admin(request: Request, endpoint: str) -> None:
+        """A bearer equal to TRIAL_CDS_ADMIN_TOKEN, or a CDS Hooks JWT with aud = this endpoint's URL.
+
+        Insecure mode: the admin token when one is set, else open (local demos only)."""
+        state = state_of(request)
+        admin = state.settings.admin_token
+        scheme, _, value = (request.headers.get("authorization") or "").partition(" ")
+        if admin and scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode("utf-8"),
+                                                                        admin.encode("utf-8")):
+            return
+        if state.verifier is None:
+            if admin:
+                log.warning("rejected call to %s: no or wrong admin token", endpoint)
+                raise ApiError(401, "authentication failed: this endpoint needs the admin bearer token")
+            return
+        authenticate(request, endpoint)
+
+    @app.post("/admin/reload", tags=["ops"])
+    async def reload(request: Request) -> JSONResponse:
+        """Read the catalogue again (bundles directory or FHIR server) and swap it in.
+
+        Answers {"trials": [ids], "problems": [...]}; when the new catalogue cannot be loaded, has no
+        trial, or its engine does not start, the old one stays in use and the answer is 503."""
+        authenticate_admin(request, "/admin/reload")
+        state = state_of(request)
+        async with state.reload_lock:
+            started = time.perf_counter()
+            try:
+                new = await asyncio.to_thread(build_rules, state.settings)
+            except Exception as exc:
+                log.warning("catalogue reload failed; keeping the current catalogue: %s", _reason(exc))
+                raise ApiError(503, f"reload failed, the previous catalogue stays in use: {_reason(exc)}") from None
+            if not new.catalogue.trials:
+                new.retire()
+                problems = "; ".join(new.catalogue.problems[:5]) or "no active ResearchStudy"
+                log.warning("catalogue reload found no usable trial; keeping the current catalogue: %s", problems)
+                raise ApiError(503, f"reload failed, the previous catalogue stays in use: no usable trial ({problems})")
+            try:
+                await asyncio.to_thread(new.engine.start)
+            except Exception as exc:
+                new.retire()
+                log.warning("new CQL engine did not start; keeping the current catalogue: %s", _reason(exc))
+                raise ApiError(503, f"reload failed, the previous catalogue stays in use: {_reason(exc)}") from None
+            state.swap(new)
+        log.info("catalogue reloaded in %.0f ms: %d trials, %d problems", _ms(started), len(new.catalogue.trials),
+                 len(new.catalogue.problems))
+        return JSONResponse({"trials": [t.id for t in new.catalogue.trials], "problems": new.catalogue.problems})
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -322,9 +460,15 @@ def run_hook(state: State, hook: HookRequest, patient_id: str,
                              budget=state.settings.hook_budget, page_cap=state.settings.fetch_page_cap)
     elif hook.fhirServer:
         log.warning("fhirServer is not in TRIAL_CDS_FHIR_ALLOWLIST; it will not be called")
+    with state.using_rules() as rules:
+        return _run_hook(state, rules, hook, patient_id, fetcher, timings, started)
+
+
+def _run_hook(state: State, rules: Rules, hook: HookRequest, patient_id: str, fetcher: FhirClient | None,
+              timings: dict[str, float], started: float) -> tuple[list[Any], dict[str, str], str]:
     try:
         try:
-            record = assemble_record(patient_id, state.queries, hook.prefetch, fetcher)
+            record = assemble_record(patient_id, rules.queries, hook.prefetch, fetcher)
         finally:
             if fetcher is not None:
                 fetcher.close()
@@ -340,18 +484,18 @@ def run_hook(state: State, hook: HookRequest, patient_id: str,
 
     now = datetime.fromtimestamp(at, tz=timezone.utc)
     try:
-        if state.screen_library:
-            screen = state.engine.evaluate(record.bundle, [state.screen_library], now)
-            if screen.raw[state.screen_library].get(SCREEN_DEFINE) is not True:
+        if rules.screen_library:
+            screen = rules.engine.evaluate(record.bundle, [rules.screen_library], now)
+            if screen.raw[rules.screen_library].get(SCREEN_DEFINE) is not True:
                 timings["cql"] = _ms(started)
                 timings["cards"] = 0.0
                 return [], {}, source
-        results = evaluate_trials(state.engine, state.catalogue, record.bundle, now)
+        results = evaluate_trials(rules.engine, rules.catalogue, record.bundle, now)
     except EngineError as exc:
         raise ApiError(503, f"eligibility rules could not be evaluated: {exc}") from None
     timings["cql"] = _ms(started)
     started = time.perf_counter()
     verdicts = {r.researchStudy: r.verdict for r in results}
-    cards = build_cards(state.catalogue.trials, results, patient_id, hook.hookInstance, state.orderable)
+    cards = build_cards(rules.catalogue.trials, results, patient_id, hook.hookInstance, rules.orderable)
     timings["cards"] = _ms(started)
     return cards, verdicts, source

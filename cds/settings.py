@@ -32,13 +32,17 @@ class Settings(BaseSettings):
         default_factory=dict, description="issuer -> JWKS URL, as JSON or `iss=url,iss2=url2`")
     db: Path = Field(ROOT / "trial-cds.sqlite", description="feedback and audit SQLite file")
     catalogue: str = Field(str(BUNDLES_DIR), description="directory of trial bundles or a FHIR base URL")
+    catalogue_token: str | None = Field(
+        None, description="bearer token for reading the catalogue when TRIAL_CDS_CATALOGUE is a FHIR base URL")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     pool_size: int | None = Field(None, ge=1, le=16)
     cql_timeout: float = Field(10.0, gt=0, description="seconds per CQL evaluation")
     fetch_timeout: float = Field(5.0, gt=0, description="seconds per FHIR request")
     hook_budget: float = Field(15.0, gt=0, description="seconds for all FHIR fetching in one hook call")
     fetch_page_cap: int = Field(20, ge=1, description="most `next` pages followed per search")
-    admin_token: str | None = Field(None, description="bearer token for /admin endpoints (besides JWT)")
+    admin_token: str | None = Field(
+        None, description="bearer token for /admin endpoints (besides a CDS Hooks JWT); in insecure mode, "
+                          "/admin/reload is open when this is unset and needs it when it is set")
 
     @field_validator("fhir_allowlist", "cors_origins", mode="before")
     @classmethod

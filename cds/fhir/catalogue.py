@@ -3,7 +3,12 @@
 The server holds exactly what `trial-cds publish` (or any FHIR client) put there; this reads
 it back through standard searches, so a trial added on the server appears at the next load.
 Libraries are followed through `depends-on` (a trial's rules need SLECommon and FHIRHelpers).
-CQL-only Libraries (no ELM) are compiled here with the official translator.
+The catalogue's screening Library (SLEScreen, which defines "In Catalogue Population") is not
+referenced by any Group, so it is read by its canonical URL; when the server lacks it the
+service runs without the screening gate (slower for patients without SLE, same cards).
+CQL-only Libraries (no ELM) are compiled here with the official translator. A Library that
+cannot be read or compiled is reported in `Catalogue.problems` and its trial is skipped; the
+other trials load. A server that cannot be searched at all raises FhirError.
 """
 
 from __future__ import annotations
@@ -15,16 +20,27 @@ import re
 from typing import Any
 from urllib.parse import quote
 
+from ..bundles import BASE
 from ..catalogue import Catalogue
 from .client import FhirClient, FhirError
 
 log = logging.getLogger(__name__)
 
+SCREEN_LIBRARY_URL = f"{BASE}/Library/SLEScreen"
+
 _LIBRARY = re.compile(r'^\s*library\s+(?:"([^"]+)"|([A-Za-z_][A-Za-z0-9_]*))', re.MULTILINE)
 
 
-def catalogue_from_server(base_url: str, *, token: str | None = None, timeout: float = 10.0) -> Catalogue:
+def catalogue_from_server(base_url: str, *, token: str | None = None, timeout: float = 10.0,
+                          screen_library: str | None = SCREEN_LIBRARY_URL) -> Catalogue:
     client = FhirClient(base_url, token, timeout=timeout, budget=max(60.0, timeout * 6), page_cap=50)
+    try:
+        return _load(client, screen_library)
+    finally:
+        client.close()
+
+
+def _load(client: FhirClient, screen_library: str | None) -> Catalogue:
     problems: list[str] = []
     studies = client.search("ResearchStudy?status=active&_count=100")
     resources: list[dict[str, Any]] = list(studies)
@@ -46,7 +62,11 @@ def catalogue_from_server(base_url: str, *, token: str | None = None, timeout: f
                             if ref_url:
                                 wanted_libraries.add(ref_url)
     seen: set[str] = set()
-    todo = sorted(wanted_libraries)
+    todo = sorted(wanted_libraries, reverse=True)
+    optional: set[str] = set()
+    if screen_library and screen_library not in wanted_libraries:
+        todo.insert(0, screen_library)  # popped last
+        optional.add(screen_library)
     libraries: list[dict[str, Any]] = []
     while todo:
         url = todo.pop()
@@ -59,8 +79,13 @@ def catalogue_from_server(base_url: str, *, token: str | None = None, timeout: f
             problems.append(f"Library {url}: {exc}")
             continue
         if not found:
-            problems.append(f"Library {url}: not on the server")
+            if url not in optional:
+                problems.append(f"Library {url}: not on the server")
+            else:
+                log.info("no screening Library %s on the server; running without the screening gate", url)
             continue
+        # Several versions under one canonical URL: prefer an active one, then the highest version.
+        found.sort(key=lambda r: (r.get("status") == "active", _version_key(r.get("version"))), reverse=True)
         lib = found[0]
         libraries.append(lib)
         for art in lib.get("relatedArtifact") or []:
@@ -70,6 +95,11 @@ def catalogue_from_server(base_url: str, *, token: str | None = None, timeout: f
     catalogue = Catalogue.from_resources(resources + compiled)
     catalogue.problems[:0] = problems
     return catalogue
+
+
+def _version_key(version: Any) -> tuple[Any, ...]:
+    parts = str(version or "").split(".")
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
 
 
 def _compile_cql_only(libraries: list[dict[str, Any]], problems: list[str]) -> list[dict[str, Any]]:
