@@ -28,6 +28,7 @@ from requests.adapters import HTTPAdapter
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = {429, 503}
+PAGE_SIZE = 100
 MAX_TRIES = 3
 CHUNK_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1_000_000  # one page of a patient's search; more is a broken or hostile server
@@ -233,7 +234,13 @@ class FhirClient:
         return doc
 
     def search(self, path: str) -> list[dict[str, Any]]:
-        """Every resource of a search, following `next` links (up to the page cap)."""
+        """Every resource of a search, following `next` links (up to the page cap).
+
+        Asks for pages of PAGE_SIZE (servers default to ~20) unless the query sets `_count`:
+        each page is a round trip inside the hook's time budget.
+        """
+        if "_count=" not in path:
+            path += ("&" if "?" in path else "?") + f"_count={PAGE_SIZE}"
         url: str | None = urljoin(self.base, path)
         what = path.split("?")[0] + " search"
         out: list[dict[str, Any]] = []
