@@ -166,6 +166,11 @@ def _dosage(dose_mg: float | None, per_day: int) -> list[dict[str, Any]]:
     }]
 
 
+def _period(start: datetime | date, end: datetime | date | None) -> dict[str, str]:
+    """A FHIR Period; no end means still going (or not known)."""
+    return {"start": iso(start), **({"end": iso(end)} if end is not None else {})}
+
+
 def medication_request(
     pid: str,
     rxnorm: str,
@@ -179,10 +184,7 @@ def medication_request(
     rid: str | None = None,
 ) -> Resource:
     dosage = _dosage(dose_mg, per_day) or [{"timing": {"repeat": {}}}]
-    bounds: dict[str, str] = {"start": iso(start)}
-    if end is not None:
-        bounds["end"] = iso(end)
-    dosage[0]["timing"]["repeat"]["boundsPeriod"] = bounds
+    dosage[0]["timing"]["repeat"]["boundsPeriod"] = _period(start, end)
     return {
         "resourceType": "MedicationRequest",
         "id": rid or _id("medrx"),
@@ -207,16 +209,13 @@ def medication_statement(
     system: str = "RxNorm",
     rid: str | None = None,
 ) -> Resource:
-    period: dict[str, str] = {"start": iso(start)}
-    if end is not None:
-        period["end"] = iso(end)
     res: Resource = {
         "resourceType": "MedicationStatement",
         "id": rid or _id("medst"),
         "status": status,
         "medicationCodeableConcept": concept(system, rxnorm),
         "subject": {"reference": f"Patient/{pid}"},
-        "effectivePeriod": period,
+        "effectivePeriod": _period(start, end),
     }
     dosage = _dosage(dose_mg, per_day)
     if dosage:

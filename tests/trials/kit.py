@@ -24,3 +24,21 @@ def criterion(engine: Engine, trial_id: str, define: str, resources: Iterable[di
 
 def missing_codes(result: dict[str, Any]) -> set[str]:
     return {m["code"] for m in result["missing"]}
+
+
+def day(ev: dict[str, Any]) -> str | None:
+    """The evidence date as YYYY-MM-DD (None when the evidence has no date)."""
+    d = ev.get("date")
+    return None if d is None else d["value"][:10]
+
+
+def notes(result: dict[str, Any]) -> str:
+    """Every evidence note of a criterion result, joined."""
+    return " | ".join(e["note"] or "" for e in result["evidence"])
+
+
+def ev_for(result: dict[str, Any], reference: str) -> dict[str, Any]:
+    """The first evidence item about `reference` (asserts there is one)."""
+    found = [e for e in result["evidence"] if e["reference"] == reference]
+    assert found, (reference, result["evidence"])
+    return found[0]

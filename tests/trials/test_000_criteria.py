@@ -19,7 +19,7 @@ from cds.synthetic import fhir as F
 from cds.synthetic.trial_records import bilag_panel
 from cds.synthetic.trial_records import fits_000 as fits
 
-from .kit import criterion, evaluate_trial, missing_codes
+from .kit import criterion, day, ev_for, evaluate_trial, missing_codes, notes
 
 TRIAL = "tongji-cd19-bcma-cart-sle"
 
@@ -52,21 +52,6 @@ def base(at: datetime, *drop: str) -> list[Resource]:
 
 def run(engine: Any, define: str, resources: list[Resource], at: datetime) -> dict[str, Any]:
     return criterion(engine, TRIAL, define, resources, at)
-
-
-def day(ev: dict[str, Any]) -> str | None:
-    d = ev.get("date")
-    return None if d is None else d["value"][:10]
-
-
-def notes(result: dict[str, Any]) -> str:
-    return " | ".join(e["note"] or "" for e in result["evidence"])
-
-
-def ev_for(result: dict[str, Any], reference: str) -> dict[str, Any]:
-    found = [e for e in result["evidence"] if e["reference"] == reference]
-    assert found, (reference, result["evidence"])
-    return found[0]
 
 
 def ago(at: datetime, days: float) -> datetime:

@@ -19,7 +19,7 @@ from cds.synthetic import fhir as F
 # The patient who fits the trial lives in the package (the synthetic patient generator uses it).
 from cds.synthetic.trial_records import fits_002 as fits
 
-from .kit import evaluate_trial, missing_codes
+from .kit import day, ev_for, evaluate_trial, missing_codes, notes
 
 Resource = dict[str, Any]
 
@@ -273,21 +273,6 @@ def outcome(engine: Any, at: datetime, scenario: str) -> dict[str, Any]:
     if scenario not in _RESULTS:
         _RESULTS[scenario] = evaluate_trial(engine, TRIAL, SCENARIOS[scenario](at), at)
     return _RESULTS[scenario]
-
-
-def day(ev: dict[str, Any]) -> str | None:
-    d = ev.get("date")
-    return None if d is None else d["value"][:10]
-
-
-def notes(result: dict[str, Any]) -> str:
-    return " | ".join(e["note"] or "" for e in result["evidence"])
-
-
-def ev_for(result: dict[str, Any], reference: str) -> dict[str, Any]:
-    found = [e for e in result["evidence"] if e["reference"] == reference]
-    assert found, (reference, result["evidence"])
-    return found[0]
 
 
 # --------------------------------------------------------------------------------------------
