@@ -126,6 +126,7 @@ def serve(
     import uvicorn
 
     from .app import create_app
+    from .web.server import uvicorn_config
 
     settings = _settings(host=host, port=port, insecure=True if insecure else None)
     if settings.insecure:
@@ -133,7 +134,7 @@ def serve(
                   "For local demos only, never with real patient data.", markup=True)
     elif not settings.trusted_issuers:
         err.print("[yellow]no TRIAL_CDS_TRUSTED_ISSUERS configured: every hook call will be refused (401)[/yellow]", markup=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.Server(uvicorn_config(create_app(settings), settings.host, settings.port, log_level="info")).run()
 
 
 @app.command()

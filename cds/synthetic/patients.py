@@ -634,16 +634,15 @@ def random_patient(index: int, at: datetime, seed: int = 0) -> dict[str, Any]:
 
 def advertised_queries(catalogue_dir: Path = BUNDLES_DIR) -> list[PrefetchQuery]:
     """The prefetch queries the service advertises for this catalogue, computed by the service's
-    own start-up code (`cds.app.build_state`), so the requests cannot drift from discovery."""
-    from ..app import build_state
+    own catalogue code (`cds.ruleset.build_ruleset`), so the requests cannot drift from discovery."""
+    from ..ruleset import build_ruleset
     from ..settings import Settings
 
-    state = build_state(Settings(catalogue=str(catalogue_dir), db=Path(":memory:"), insecure=True, pool_size=1))
+    rules = build_ruleset(Settings(catalogue=str(catalogue_dir), pool_size=1))
     try:
-        return list(state.queries)
+        return list(rules.queries)
     finally:
-        state.store.close()
-        state.store_thread.shutdown(wait=False)
+        rules.retire()
 
 
 def hook_request(name: str, bundle: Mapping[str, Any], queries: Iterable[PrefetchQuery]) -> dict[str, Any]:
