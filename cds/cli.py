@@ -141,7 +141,6 @@ def serve(
 def demo(
     port: Annotated[int, typer.Option(help="Port for the demo service")] = 8080,
     once: Annotated[bool, typer.Option("--once", help="Print the cards and exit (for CI)")] = False,
-    at: Annotated[str | None, typer.Option(help="Evaluation time shown in the header; hooks use now")] = None,
 ) -> None:
     """Start the service locally (insecure), fire patient-view for three synthetic patients, show their cards."""
     from .demo import run_demo
