@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +35,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from cds.app import create_app  # noqa: E402
-from cds.catalogue import Catalogue  # noqa: E402
-from cds.engine import Engine  # noqa: E402
-from cds.engine.elm import data_requirements  # noqa: E402
-from cds.paths import BUNDLES_DIR  # noqa: E402
-from cds.ruleset import screen_library  # noqa: E402
-from cds.settings import Settings  # noqa: E402
-from cds.synthetic import fhir as F  # noqa: E402
-from cds.web.server import uvicorn_config  # noqa: E402
-from tests.trials.test_000_criteria import fits  # noqa: E402
+from cds.app import create_app
+from cds.catalogue import Catalogue
+from cds.engine import Engine
+from cds.engine.elm import data_requirements
+from cds.paths import BUNDLES_DIR
+from cds.ruleset import screen_library
+from cds.settings import Settings
+from cds.web.server import uvicorn_config
+from tests.trials.test_000_criteria import fits
 
 
 def _free_port() -> int:
@@ -134,7 +133,7 @@ def largest_record(sizes: list[int], budget: float) -> list[tuple[int, float]]:
     libraries = catalogue.trial_libraries + ([screen] if screen else [])
     req = data_requirements(libraries, catalogue.libraries).get("Observation")
     codes = sorted({(c.system, c.code) for c in (req.codes if req and req.codes else [])}) or [("http://loinc.org", "2160-0")]
-    at = datetime.now(timezone.utc).replace(microsecond=0)
+    at = datetime.now(UTC).replace(microsecond=0)
     out = []
     with Engine(catalogue.libraries, timeout=max(60.0, budget * 4)) as engine:
         engine.evaluate(padded_record(0, at, codes), libraries, at)  # warm

@@ -110,7 +110,7 @@ def references_patient(resource: Mapping[str, Any], patient_id: str, fhir_server
     if url.query is not None or url.origin != fhir_server.origin or not url.path.startswith(base + "/"):
         return False
     match = _RELATIVE.match(url.path[len(base) + 1:])
-    return bool(match) and match.group(1) == patient_id
+    return match is not None and match.group(1) == patient_id
 
 
 def _shown(value: Any) -> str:

@@ -129,7 +129,7 @@ class IssuerKeys:
             return None
         try:
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(pending)), timeout=self.wait)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise JwksUnavailable("the JWKS server did not answer in time") from None
         with self._lock:
             entry = self._issuers[issuer]

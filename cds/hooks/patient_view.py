@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..cards import build_cards
@@ -81,7 +81,7 @@ def run_hook(rules: RuleSet, settings: Settings, hook: HookRequest, patient_id: 
                     record.dropped)
     outcome.timings["record"] = _ms(started)
     started = time.perf_counter()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     try:
         if rules.screen_library:
             screen = rules.engine.evaluate(record.bundle, [rules.screen_library], now)

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from ..state import State
 from ..web.body import json_body
-from ..web.deps import ClientAuth, get_state
+from ..web.deps import ClientAuth, StateDep
 from ..web.errors import ApiError, error_responses
 from .models import CardsResponse, Discovery, FeedbackRequest, HookRequest, PatientViewContext, Service
 from .patient_view import HookOutcome, audit_cards, run_hook
@@ -61,14 +61,14 @@ def service_description(state: State) -> Service:
 
 @router.get(DISCOVERY_PATH, response_model=Discovery, response_model_exclude_none=True,
             dependencies=[Depends(ClientAuth(DISCOVERY_PATH))], responses=error_responses(401))
-async def discovery(state: State = Depends(get_state)) -> Discovery:
+async def discovery(state: StateDep) -> Discovery:
     return Discovery(services=[service_description(state)])
 
 
 @router.post(HOOK_PATH, response_model=CardsResponse, response_model_exclude_none=True,
              dependencies=[Depends(ClientAuth(HOOK_PATH))], openapi_extra=_json_request(HookRequest),
              responses=error_responses(400, 401, 412, 413, 415, 503))
-async def patient_view(request: Request, state: State = Depends(get_state)) -> Response:
+async def patient_view(request: Request, state: StateDep) -> Response:
     started = time.perf_counter()
     parse_started = time.perf_counter()
     hook = await json_body(request, HookRequest, state.settings.max_body_bytes)
@@ -111,7 +111,7 @@ def _run(state: State, hook: HookRequest, patient_id: str, outcome: HookOutcome)
 
 @router.post(FEEDBACK_PATH, dependencies=[Depends(ClientAuth(FEEDBACK_PATH))],
              openapi_extra=_json_request(FeedbackRequest), responses=error_responses(400, 401, 413, 415))
-async def feedback(request: Request, state: State = Depends(get_state)) -> dict[str, Any]:
+async def feedback(request: Request, state: StateDep) -> dict[str, Any]:
     body = await json_body(request, FeedbackRequest, state.settings.max_body_bytes)
     items = [f.model_dump(mode="json", exclude_none=True) for f in body.feedback]
     stored = await state.in_store_thread(state.store.record_feedback, items)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hmac
 import logging
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from ..auth import AuthError
 from ..state import State
@@ -24,6 +24,9 @@ log = logging.getLogger("trial_cds")
 def get_state(request: Request) -> State:
     state: State = request.app.state.cds
     return state
+
+
+StateDep = Annotated[State, Depends(get_state)]
 
 
 def _refuse(endpoint: str, reason: str) -> ApiError:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from ..ruleset import build_ruleset
 from ..state import State
-from .deps import AdminAuth, get_state
+from .deps import AdminAuth, StateDep
 from .errors import ApiError, error_responses
 
 log = logging.getLogger("trial_cds")
@@ -48,7 +48,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 @router.post("/admin/reload", dependencies=[Depends(AdminAuth("/admin/reload"))],
              responses=error_responses(401, 503))
-async def reload(state: State = Depends(get_state)) -> JSONResponse:
+async def reload(state: StateDep) -> JSONResponse:
     """Read the catalogue again (bundles directory or FHIR server) and swap it in.
 
     Answers {"trials": [ids], "problems": [...]}; when the new catalogue cannot be loaded, has no

@@ -68,7 +68,7 @@ class JwksServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 with outer.lock:
                     outer.fetches += 1
                     outer.paths.append(self.path)
@@ -347,7 +347,8 @@ def _rejections(base: str, keys: Keys, jwks_url: str) -> dict[str, tuple[str, st
                               "future"),
         "nbf in the future": (sign(keys.ec, "ES384", claims(aud, nbf=now + 600), kid="ec-1"), r"not yet valid \(nbf\)"),
         "no exp": (sign(keys.ec, "ES384", claims(aud, exp=None), kid="ec-1"), "exp"),
-        "exp as a string": (sign(keys.ec, "ES384", claims(aud, exp=str(now + 200)), kid="ec-1"), "exp must be a number"),
+        "exp as a string": (sign(keys.ec, "ES384", claims(aud, exp=str(now + 200)), kid="ec-1"),
+                            "exp must be a number"),
         "iat as a string": (sign(keys.ec, "ES384", claims(aud, iat=str(now)), kid="ec-1"), "iat must be a number"),
         "exp as a boolean": (sign(keys.ec, "ES384", claims(aud, exp=True), kid="ec-1"), "exp must be a number"),
         "lifetime over 5 minutes": (sign(keys.ec, "ES384", claims(aud, exp=now + 3600), kid="ec-1"), "lifetime"),
