@@ -19,7 +19,7 @@ import argparse
 import json
 import statistics
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from cds.app import build_rules  # noqa: E402
-from cds.cards import build_cards  # noqa: E402
-from cds.eligibility import evaluate_trials  # noqa: E402
-from cds.paths import PATIENTS_DIR  # noqa: E402
-from cds.record import assemble_record  # noqa: E402
-from cds.settings import Settings  # noqa: E402
+from cds.app import build_rules
+from cds.cards import build_cards
+from cds.eligibility import evaluate_trials
+from cds.paths import PATIENTS_DIR
+from cds.record import assemble_record
+from cds.settings import Settings
 
-EVAL_AT = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc)
+EVAL_AT = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+APP_URL = "http://127.0.0.1:8080/app/launch.html"  # the smart link, as the service would set it
 
 
 def patient_cards(name: str, rules: Any) -> list[dict[str, Any]]:
@@ -42,7 +43,8 @@ def patient_cards(name: str, rules: Any) -> list[dict[str, Any]]:
     pid = hook["context"]["patientId"]
     record = assemble_record(pid, rules.queries, hook["prefetch"], None)
     results = evaluate_trials(rules.engine, rules.catalogue, record.bundle, EVAL_AT)
-    cards = build_cards(rules.catalogue.trials, results, pid, hook["hookInstance"], rules.orderable)
+    cards = build_cards(rules.catalogue.trials, results, pid, hook["hookInstance"], rules.orderable,
+                        record=record.bundle, app_url=APP_URL)
     return [c.model_dump(mode="json", exclude_none=True) for c in cards]
 
 

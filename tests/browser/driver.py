@@ -18,7 +18,7 @@ import subprocess
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 DRIVER_DIR = Path(__file__).parent
 SCRIPT = DRIVER_DIR / "driver.mjs"
@@ -40,7 +40,7 @@ class Browser:
         self._start_timeout = start_timeout
         self.version: str | None = None
 
-    def start(self) -> Browser:
+    def start(self) -> Self:
         node = shutil.which("node")
         if node is None:
             raise RuntimeError("node is not on PATH")
@@ -109,7 +109,7 @@ class Browser:
             proc.kill()
             proc.wait(5)
 
-    def __enter__(self) -> Browser:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
