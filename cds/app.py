@@ -46,6 +46,7 @@ from .hooks.models import CardsResponse, Discovery, FeedbackRequest, HookRequest
 from .hooks.prefetch import PrefetchQuery, prefetch_queries, prefetch_templates
 from .record import DataUnavailable, MalformedPrefetch, assemble_record
 from .settings import Settings
+from .smart.routes import LAUNCH_PATH, install as install_clinician_view
 from .store import Store
 
 log = logging.getLogger("trial_cds")
@@ -383,6 +384,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stored = await state.in_store_thread(state.store.record_feedback, items)
         return {"stored": stored}
 
+    install_clinician_view(app)  # the SMART clinician view at /app (cds/smart)
     return app
 
 
@@ -496,6 +498,7 @@ def _run_hook(state: State, rules: Rules, hook: HookRequest, patient_id: str, fe
     timings["cql"] = _ms(started)
     started = time.perf_counter()
     verdicts = {r.researchStudy: r.verdict for r in results}
-    cards = build_cards(rules.catalogue.trials, results, patient_id, hook.hookInstance, rules.orderable)
+    cards = build_cards(rules.catalogue.trials, results, patient_id, hook.hookInstance, rules.orderable,
+                        record=record.bundle, app_url=f"{state.settings.base_url}{LAUNCH_PATH}")
     timings["cards"] = _ms(started)
     return cards, verdicts, source

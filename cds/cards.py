@@ -114,7 +114,7 @@ class Labeller:
         if e.reference and e.reference.startswith("Patient/"):
             return "age"
         head = (e.note or "").split(":", 1)[0].strip()
-        return head if head and len(head) <= 40 else ""
+        return head if head and len(head) <= 40 and head.lower() != "clinician review" else ""
 
 
 def _value_text(e: Evidence) -> str:

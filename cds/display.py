@@ -127,6 +127,8 @@ def quantity(value: Any, ucum: str | None) -> str:
     shown = unit(ucum)
     if value is None or value == "":
         return shown
+    if isinstance(value, str) and not re.fullmatch(r"-?\d+(\.\d+)?", value):
+        return value  # a coded or text result ("Negative", "B", a drug name): its unit is not the value's
     text = number(value)
     if not shown:
         return text

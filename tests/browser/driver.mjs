@@ -16,8 +16,10 @@
 //   pick_patient  {patient, screenshot?, timeout?}         -> app state after choosing a patient on the AS page
 //   axe           {}                                       -> {violations: [{id, impact, nodes}]}
 //   keyboard      {}                                       -> what Tab reaches and what Enter/Space does
-//   click         {selector, screenshot?, timeout?}        -> app state after a click
+//   click         {selector, waitFor?, screenshot?, timeout?} -> app state after a click (and waitFor)
 //   print_pdf     {path}                                   -> {bytes}
+//   evaluate      {expression}                             -> the expression's value in the page
+//   reload        {screenshot?, timeout?}                  -> app state after a reload
 //   close         {}
 // Exits when stdin closes (a dead test run leaves no browser behind).
 
@@ -91,10 +93,10 @@ async function fresh() {
   await page.goto('about:blank');
 }
 
-async function shot(file) {
+async function shot(file, fullPage = false) {
   if (!file) return;
   fs.mkdirSync(path.dirname(file), { recursive: true });
-  await page.screenshot({ path: file, fullPage: true });
+  await page.screenshot({ path: file, fullPage });
 }
 
 async function renderCards({ cards, screenshot }) {
@@ -102,17 +104,21 @@ async function renderCards({ cards, screenshot }) {
   await page.setContent(cardsHtml(cards));
   const heights = await page.$$eval('.card', (els) => els.map((e) => Math.round(e.getBoundingClientRect().height)));
   const total = await page.$eval('main', (e) => Math.round(e.getBoundingClientRect().height));
-  await shot(screenshot);
+  await shot(screenshot, true);
   return { heights, total };
 }
 
 /** What the app shows: the checklist (statuses per trial, per criterion), or its message. */
 async function appState(timeout = 60000) {
   const started = Date.now();
-  await page.waitForSelector('[data-app-state="ready"], [data-app-state="error"], [data-app-state="pick"]', { timeout });
+  await page.waitForSelector('[data-app-state="ready"], [data-app-state="error"], input[name="patient"]', { timeout });
   const waited = Date.now() - started;
   const state = await page.evaluate(() => {
     const root = document.querySelector('[data-app-state]');
+    if (!root) { // the authorization server's page: a patient picker (standalone launch)
+      return { state: document.querySelector('input[name="patient"]') ? 'pick' : 'unknown', message: null, trials: [],
+        patients: [...document.querySelectorAll('input[name="patient"]')].map((i) => i.value) };
+    }
     const trials = [...document.querySelectorAll('[data-trial]')].map((t) => ({
       id: t.dataset.trial,
       verdict: t.dataset.verdict,
@@ -189,9 +195,9 @@ async function pickPatient({ patient, screenshot, timeout }) {
   return state;
 }
 
-async function click({ selector, screenshot, timeout }) {
+async function click({ selector, waitFor, screenshot, timeout }) {
   await page.locator(selector).first().click();
-  await page.waitForTimeout(0);
+  if (waitFor) await page.waitForSelector(waitFor, { timeout: timeout ?? 60000 });
   const state = await appState(timeout);
   await shot(screenshot);
   return state;
@@ -244,7 +250,18 @@ async function printPdf({ path: file }) {
   return { bytes: pdf.length };
 }
 
-const ops = { render_cards: renderCards, ehr_launch: ehrLaunch, open, pick_patient: pickPatient, click, axe, keyboard, print_pdf: printPdf };
+async function evaluate({ expression }) {
+  return page.evaluate(expression);
+}
+
+async function reload({ screenshot, timeout }) {
+  await page.reload();
+  const state = await appState(timeout);
+  await shot(screenshot);
+  return state;
+}
+
+const ops = { evaluate, reload, render_cards: renderCards, ehr_launch: ehrLaunch, open, pick_patient: pickPatient, click, axe, keyboard, print_pdf: printPdf };
 
 async function shutdown(code = 0) {
   try { await browser?.close(); } catch { /* already gone */ }
