@@ -137,6 +137,7 @@ async function appState(timeout = 60000) {
       patient: root.dataset.patient ?? null,
       evaluatedAt: root.dataset.evaluatedAt ?? null,
       firstChecklistMs: Number(root.dataset.firstChecklistMs ?? NaN),
+      marks: root.dataset.marks ? JSON.parse(root.dataset.marks) : null,
       trials,
     };
   });
