@@ -208,7 +208,7 @@ def _count(n: int, one: str, many: str | None = None) -> str:
 def key_fact(reading: Reading, verdict: str) -> str:
     """The one fact that matters most for acting on this card."""
     if verdict == "likely-eligible":
-        fact = f"all {_count(len(reading.decided), 'criterion', 'criteria')} from the record met"
+        fact = f"passes all {_count(len(reading.decided), 'criterion', 'criteria')} the record decides"
         return fact + (f", {len(reading.confirm)} to confirm" if reading.confirm else "")
     if reading.order_names:
         what = "missing or out of date" if reading.stale else "missing"
@@ -253,7 +253,8 @@ def detail(trial: TrialDef, result: TrialResult, orderable: set[tuple[str, str]]
     r = reading or read_result(trial, result, orderable, record)
     lines: list[str] = []
     if result.verdict == "likely-eligible":
-        lines.append(M.text(f"Every criterion the record can decide is met ({len(r.decided)}); nothing excludes the patient."))
+        lines.append(M.text(f"The record passes all {_count(len(r.decided), 'criterion', 'criteria')} it can decide; "
+                            "nothing excludes the patient."))
     else:
         unknown = sum(c.status == "unknown" for c in r.decided)
         lines.append(M.text(f"Nothing in the record excludes the patient; {_count(unknown, 'criterion', 'criteria')} "
