@@ -168,8 +168,10 @@ def read_result(trial: TrialDef, result: TrialResult, orderable: set[tuple[str, 
                 if flag not in r.flags:
                     r.flags.append(flag)
             if _is(e, "derived"):
-                flag = f"{label.name(e, c, measures.get(c.id, ())) or c.id} derived"
-                if flag not in r.flags:
+                head = re.split(r"\s[<>≤≥=]", (e.note or "").split(":", 1)[0].strip())[0]
+                what = head if head and len(head) <= 40 and "derived" not in head.lower() else label.name(e, c)
+                flag = f"{what} {_value_text(e)} {clinical_note(e.note)}".replace("  ", " ").strip()
+                if not any(f.startswith(f"{what} ") for f in r.flags):
                     r.flags.append(flag)
         if c.status != "unknown":
             continue
