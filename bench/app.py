@@ -32,7 +32,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    gen = stack.__wrapped__()  # the session fixture's generator, outside pytest
+    import tempfile
+
+    class _Tmp:  # what the fixture asks of pytest's tmp_path_factory
+        def mktemp(self, name: str) -> Path:
+            return Path(tempfile.mkdtemp(prefix=f"trial-cds-{name}-"))
+
+    gen = stack.__wrapped__(_Tmp())  # the session fixture's generator, outside pytest
     s = next(gen)
     rows = []
     try:

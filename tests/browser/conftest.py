@@ -17,7 +17,6 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,7 +80,7 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     port = free_port()
     fhir = FhirTestServer(token=LOADER, smart=True,
                           smart_clients={CLIENT_ID: f"http://127.0.0.1:{port}/app/index.html"}).start()
@@ -93,7 +92,7 @@ def stack() -> Iterator[Stack]:
         os.environ["TRIAL_CDS_SMART_ISSUERS"] = fhir.issuer
         os.environ["TRIAL_CDS_SMART_CLIENT_ID"] = CLIENT_ID
         settings = Settings(insecure=True, host="127.0.0.1", port=port, fhir_allowlist=[fhir.base_url],
-                            db=Path(os.environ.get("TMPDIR", "/tmp")) / f"trial-cds-browser-{port}.sqlite", pool_size=2)
+                            db=tmp_path_factory.mktemp("browser") / "trial-cds.sqlite", pool_size=2)
         live = LiveServer(create_app(settings), port=port).start()
         browser = Browser().start()
         SHOTS.mkdir(parents=True, exist_ok=True)
