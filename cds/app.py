@@ -22,6 +22,7 @@ from . import __version__
 from .hooks.routes import SERVICE_ID
 from .hooks.routes import router as hooks_router
 from .settings import Settings
+from .smart.routes import install as install_clinician_view
 from .state import State, build_state
 from .web import access_log
 from .web.errors import ApiError, install_error_handlers
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(hooks_router)
     app.include_router(ops_router)
+    install_clinician_view(app)
 
     def openapi() -> dict[str, Any]:
         """FastAPI's document, with the `$defs` of hand-documented request bodies moved to components."""

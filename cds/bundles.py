@@ -30,6 +30,9 @@ EXT_CRITERION_TEXT = f"{SD}/criterion-text"
 EXT_CRITERION_READING = f"{SD}/criterion-reading"
 EXT_CLINICIAN_REVIEW = f"{SD}/clinician-review"
 EXT_COLLABORATOR = f"{SD}/collaborator"
+# R5 ResearchStudy.label (type short-title) carried into R4 by the cross-version extension.
+EXT_R5_LABEL = "http://hl7.org/fhir/5.0/StructureDefinition/extension-ResearchStudy.label"
+TITLE_TYPE = "http://hl7.org/fhir/title-type"
 CRITERION_SYSTEM = "https://trial-cds.dev/criteria"
 TRIALS_SYSTEM = "https://trial-cds.dev/trials"
 CTGOV = "https://clinicaltrials.gov"
@@ -179,6 +182,10 @@ def research_study(trial: Trial) -> Resource:
         res["phase"] = {"coding": [{"system": PHASE_SYSTEM, "code": trial.phase}]}
     if trial.official_title:
         res.setdefault("extension", []).append({"url": f"{SD}/official-title", "valueString": trial.official_title})
+    if trial.short_title:
+        res.setdefault("extension", []).append({"url": EXT_R5_LABEL, "extension": [
+            {"url": "type", "valueCodeableConcept": {"coding": [{"system": TITLE_TYPE, "code": "short-title"}]}},
+            {"url": "value", "valueString": trial.short_title}]})
     for org in trial.collaborators:
         res.setdefault("extension", []).append({"url": EXT_COLLABORATOR,
                                                  "valueReference": {"reference": f"Organization/{org.id}", "display": org.name}})

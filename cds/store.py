@@ -157,6 +157,12 @@ class Store:
                 self._conn.execute("ROLLBACK")
                 raise
 
+    def card_trial(self, card_uuid: str) -> str | None:
+        """The trial a shown card was about (the clinician view's opaque launch context), or None."""
+        with self._lock:
+            row = self._conn.execute("SELECT trial FROM card WHERE uuid=?", (card_uuid,)).fetchone()
+        return str(row[0]) if row else None
+
     def record_feedback(self, items: Iterable[dict[str, Any]]) -> int:
         """Store feedback items (already validated); committed before this returns."""
         rows = []

@@ -21,6 +21,7 @@ from ..net.urls import HttpUrl, allowed, parse_http_url
 from ..record import DataUnavailable, Limits, MalformedPrefetch, RecordTooLarge, assemble_record
 from ..ruleset import SCREEN_DEFINE, RuleSet
 from ..settings import Settings
+from ..smart import LAUNCH_PATH
 from ..web.errors import ApiError
 from .models import Card, HookRequest
 
@@ -94,7 +95,8 @@ def run_hook(rules: RuleSet, settings: Settings, hook: HookRequest, patient_id: 
     outcome.timings["cql"] = _ms(started)
     started = time.perf_counter()
     outcome.verdicts = {r.researchStudy: r.verdict for r in results}
-    outcome.cards = build_cards(rules.catalogue.trials, results, patient_id, hook.hookInstance, rules.orderable)
+    outcome.cards = build_cards(rules.catalogue.trials, results, patient_id, hook.hookInstance, rules.orderable,
+                                record=record.bundle, app_url=f"{settings.base_url}{LAUNCH_PATH}")
     outcome.timings["cards"] = _ms(started)
 
 

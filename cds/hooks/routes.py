@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from ..state import State
 from ..web.body import json_body
 from ..web.deps import ClientAuth, StateDep
-from ..web.errors import ApiError, error_responses
+from ..web.errors import ApiError, error_responses, json_request
 from .models import CardsResponse, Discovery, FeedbackRequest, HookRequest, PatientViewContext, Service
 from .patient_view import HookOutcome, audit_cards, run_hook
 from .prefetch import prefetch_templates
@@ -26,12 +26,6 @@ HOOK_PATH = f"/cds-services/{SERVICE_ID}"
 FEEDBACK_PATH = f"{HOOK_PATH}/feedback"
 
 router = APIRouter(tags=["cds-hooks"])
-
-
-def _json_request(model: type[Any]) -> dict[str, Any]:
-    """OpenAPI requestBody for a route that reads its body itself (cds.web.body)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
 
 
 def _ms(since: float) -> float:
@@ -66,7 +60,7 @@ async def discovery(state: StateDep) -> Discovery:
 
 
 @router.post(HOOK_PATH, response_model=CardsResponse, response_model_exclude_none=True,
-             dependencies=[Depends(ClientAuth(HOOK_PATH))], openapi_extra=_json_request(HookRequest),
+             dependencies=[Depends(ClientAuth(HOOK_PATH))], openapi_extra=json_request(HookRequest),
              responses=error_responses(400, 401, 412, 413, 415, 503))
 async def patient_view(request: Request, state: StateDep) -> Response:
     started = time.perf_counter()
@@ -110,7 +104,7 @@ def _run(state: State, hook: HookRequest, patient_id: str, outcome: HookOutcome)
 
 
 @router.post(FEEDBACK_PATH, dependencies=[Depends(ClientAuth(FEEDBACK_PATH))],
-             openapi_extra=_json_request(FeedbackRequest), responses=error_responses(400, 401, 413, 415))
+             openapi_extra=json_request(FeedbackRequest), responses=error_responses(400, 401, 413, 415))
 async def feedback(request: Request, state: StateDep) -> dict[str, Any]:
     body = await json_body(request, FeedbackRequest, state.settings.max_body_bytes)
     items = [f.model_dump(mode="json", exclude_none=True) for f in body.feedback]

@@ -29,7 +29,8 @@ def get_state(request: Request) -> State:
 StateDep = Annotated[State, Depends(get_state)]
 
 
-def _refuse(endpoint: str, reason: str) -> ApiError:
+def refuse_authentication(endpoint: str, reason: str) -> ApiError:
+    """401 with a correlation id; the reason goes to the log under it, never to the client."""
     cid = uuid.uuid4().hex[:16]
     log.warning("authentication failed [%s] on %s: %s", cid, endpoint, reason)
     return ApiError(401, "authentication failed", headers={"WWW-Authenticate": "Bearer"},
@@ -53,7 +54,7 @@ async def verify_client(state: State, request: Request, endpoint: str) -> dict[s
     try:
         return await state.verifier.verify(request.headers.get("authorization"), audience, state.claim_jti)
     except AuthError as exc:
-        raise _refuse(endpoint, exc.reason) from None
+        raise refuse_authentication(endpoint, exc.reason) from None
 
 
 class AdminAuth:
@@ -73,6 +74,6 @@ class AdminAuth:
             return
         if state.verifier is None:
             if admin:
-                raise _refuse(self.endpoint, "no or wrong admin token")
+                raise refuse_authentication(self.endpoint, "no or wrong admin token")
             return
         await verify_client(state, request, self.endpoint)

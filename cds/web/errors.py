@@ -56,6 +56,12 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody, "description": meaning.get(s, "error")} for s in statuses}
 
 
+def json_request(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI requestBody for a route that reads its body itself (cds.web.body)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
