@@ -21,7 +21,7 @@ try {
   const response = await fetch('api/config', { headers: { Accept: 'application/json' } });
   if (!response.ok) throw new Error(`the service answered HTTP ${response.status}`);
   const config = await response.json();
-  if (config.allowedIss.length && !config.allowedIss.some((prefix) => under(iss, prefix))) {
+  if (!config.allowedIss.some((prefix) => under(iss, prefix))) {  // WHATWG URL decides, as fetch will; no allowlist, no launch
     throw Object.assign(new Error('iss not allowed'), { userMessage: `This app is not set up for the FHIR server ${iss}. Ask your EHR administrator.` });
   }
   await FHIR.oauth2.authorize({
