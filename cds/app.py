@@ -187,9 +187,10 @@ def build_rules(settings: Settings) -> Rules:
     catalogue = load_catalogue(settings)
     screen = _screen_library(catalogue)
     names = catalogue.trial_libraries + ([screen] if screen else [])
-    queries = prefetch_queries(catalogue.libraries, names) if names else []
-    orderable = orderable_codes(catalogue.libraries)
-    engine = Engine(catalogue.libraries, pool_size=settings.pool_size, timeout=settings.cql_timeout)
+    queries = prefetch_queries(catalogue.libraries, names, catalogue.value_sets) if names else []
+    orderable = orderable_codes(catalogue.libraries, catalogue.value_sets)
+    engine = Engine(catalogue.libraries, pool_size=settings.pool_size, timeout=settings.cql_timeout,
+                    value_sets=catalogue.value_sets)
     return Rules(catalogue=catalogue, engine=engine, queries=queries, orderable=orderable, screen_library=screen)
 
 
@@ -320,7 +321,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ok = bool(state and state.ready and state.engine.pool.ready and state.catalogue.trials)
         body = {"ready": ok, "trials": len(state.catalogue.trials) if state else 0,
                 "workers": len(state.engine.pool.pids) if state else 0,
-                "catalogueProblems": state.catalogue.problems if state else []}
+                "catalogueProblems": state.catalogue.problems if state else [],
+                "terminology": state.catalogue.terminology if state else {}}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/cds-services", response_model=Discovery, response_model_exclude_none=True, tags=["cds-hooks"])

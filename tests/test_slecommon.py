@@ -447,6 +447,10 @@ _MALIGNANCY = [
     ("snomed-254837009-breast", "SNOMEDCT", "254837009", True, False),
     ("snomed-254701007-bcc", "SNOMEDCT", "254701007", True, False),
     ("snomed-55464009-sle", "SNOMEDCT", "55464009", False, False),
+    ("who-C50.9-breast", "ICD10", "C50.9", True, False),
+    ("who-C91.0-all", "ICD10", "C91.0", True, False),
+    ("snomed-91857003-all", "SNOMEDCT", "91857003", True, False),
+    ("cm-Z85.3-history-breast", "ICD10CM", "Z85.3", True, False),
 ]
 
 
@@ -1119,7 +1123,8 @@ def test_is_malignancy_and_icd_prefix(run, rid, system, code, malignant, prefix)
     row = by_ref(run("malignancy")["Condition Facts"])[f"Condition/{rid}"]
     assert row["malignancy"] is malignant
     assert row["skinPrefix"] is prefix
-    assert row["breastCode"] is (code == "254837009")
+    # The breast cancer value set holds ICD-10 / ICD-10-CM C50 as well as the SNOMED CT concept.
+    assert row["breastCode"] is ("breast" in rid)
 
 
 def test_malignancy_criterion(run):
