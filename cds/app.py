@@ -184,7 +184,9 @@ def _screen_library(catalogue: Catalogue) -> str | None:
 
 def build_rules(settings: Settings) -> Rules:
     """Load the catalogue and derive everything from it; the engine is built but not started."""
-    catalogue = load_catalogue(settings)
+    from .terminology.txserver import with_terminology_server
+
+    catalogue = with_terminology_server(load_catalogue(settings), settings.terminology_url, timeout=settings.fetch_timeout)
     screen = _screen_library(catalogue)
     names = catalogue.trial_libraries + ([screen] if screen else [])
     queries = prefetch_queries(catalogue.libraries, names, catalogue.value_sets) if names else []

@@ -287,7 +287,10 @@ def valueset_resource(defn: ValueSetDef, date: str, expansion: Sequence[Coding],
             "timestamp": f"{date}T00:00:00Z",
             "total": len(expansion),
             **({"parameter": _dedupe(params)} if params else {}),
-            "contains": [{"system": c.system, "code": c.code, **({"display": c.display} if c.display else {})}
+            # ICD codes without their display (the classification names them; it keeps the
+            # bundles small): a record's own display is what evidence shows.
+            "contains": [{"system": c.system, "code": c.code,
+                          **({"display": c.display} if c.display and c.system not in ICD_VERSIONS else {})}
                          for c in expansion],
         },
     }

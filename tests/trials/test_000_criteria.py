@@ -227,7 +227,7 @@ ALL_C = {d: "C" for d in BILAG_DOMAINS}
 I4_CASES = [
     # SELENA-SLEDAI > 6
     ("000-I4-selena-not-met-6", "not-met", ("selena",), lambda at: [score("selena-sledai", 6, ago(at, 7), "s6")],
-     lambda out, at: ev_for(out, "Observation/s6")["note"] == "SELENA-SLEDAI: not-met; compared > 6 {score}"
+     lambda out, at: ev_for(out, "Observation/s6")["note"] == "SELENA-SLEDAI: not-met; compared > 6 {score}; latest result within 90 days"
      and ev_for(out, "Observation/s6")["value"] == "6"),
     ("000-I4-selena-met-7", "met", ("selena",), lambda at: [score("selena-sledai", 7, ago(at, 7), "s7")],
      lambda out, at: ev_for(out, "Observation/s7")["note"].startswith("SELENA-SLEDAI: met")),
@@ -239,7 +239,7 @@ I4_CASES = [
      and "stale" in ev_for(out, "Observation/sold")["note"]),
     # PGA >= 1
     ("000-I4-pga-not-met", "not-met", ("pga",), lambda at: [score("pga", 0.5, ago(at, 7), "pga05")],
-     lambda out, at: ev_for(out, "Observation/pga05")["note"] == "PGA: not-met; compared >= 1 {score}"),
+     lambda out, at: ev_for(out, "Observation/pga05")["note"] == "PGA: not-met; compared >= 1 {score}; latest result within 90 days"),
     ("000-I4-pga-met-boundary", "met", ("pga",), lambda at: [score("pga", 1, ago(at, 7), "pga1")],
      lambda out, at: ev_for(out, "Observation/pga1")["note"].startswith("PGA: met")),
     ("000-I4-pga-missing", "unknown", ("pga",), lambda at: [],
@@ -310,4 +310,4 @@ def test_000_i4_not_met_beats_unknown(rules_engine, eval_at):
     """One part not met decides even when another is unknown; the card shows the deciding part."""
     out = run(rules_engine, I4, base(eval_at, "selena", "pga") + [score("pga", 0, ago(eval_at, 7), "pga0")], eval_at)
     assert out["status"] == "not-met"
-    assert [e["note"] for e in out["evidence"]] == ["PGA: not-met; compared >= 1 {score}"]
+    assert [e["note"] for e in out["evidence"]] == ["PGA: not-met; compared >= 1 {score}; latest result within 90 days"]

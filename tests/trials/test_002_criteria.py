@@ -189,8 +189,10 @@ SCENARIOS: dict[str, Any] = {
         lab("14682-9", 248, "umol/L", "creat", ago(at, 10), ref_high=90),
         lab("59408-5", 88, "%", "spo2", ago(at, 10)),
         proc("SNOMEDCT", "57485005", ago(at, 10), "o2"),
-        lab("1920-8", 130, "U/L", "ast", ago(at, 10)),
-        lab("1742-6", 125, "U/L", "alt", ago(at, 10)),
+        # no reference range: above 3 x ULN over the whole plausible ULN range for a woman
+        # (AST 25-48, ALT 19-56 U/L), so the assumed ULN decides
+        lab("1920-8", 200, "U/L", "ast", ago(at, 10)),
+        lab("1742-6", 190, "U/L", "alt", ago(at, 10)),
         obs("21198-7", ago(at, 3), "hcg", value=1850, unit="m[IU]/mL", ref_high=5),
     ]),
     # records that come close to an exclusion without meeting it
@@ -399,7 +401,7 @@ CASES = [
          ref="Observation/sledai", value="16", when=120),
 
     # I5 negative pregnancy test (contraception agreement: review note)
-    case("002-I5-met", "fits", I5, "met", note="clinician review: agrees to effective contraception",
+    case("002-I5-met", "fits", I5, "met", note="pregnancy test: met",
          ref="Observation/hcg", value="Negative", when=5),
     case("002-I5-met-male-not-applicable", "male", I5, "met", note="not applicable: male"),
     case("002-I5-met-quantitative-below-limit", "hcg-quantitative-below-limit", I5, "met", ref="Observation/hcg",
@@ -432,7 +434,7 @@ CASES = [
          ref="Observation/nyha", value="Class IV", when=20),
     case("002-E2-met-myocarditis", "excl-neuro-cardiac-infection", "E2 part myocarditis", "met", ref="Condition/myo",
          when=20),
-    case("002-E2-not-met", "fits", E2, "not-met", note="clinician review: unstable vital signs needing vasopressor"),
+    case("002-E2-not-met", "fits", E2, "not-met", note="no record found: congenital heart disease"),
     case("002-E2-not-met-old-mi-nyha-ii", "near-misses", E2, "not-met", note="NYHA class 2"),
     case("002-E2-not-met-old-mi", "near-misses", "E2 part myocardial infarction", "not-met",
          note="older than 6 months", ref="Condition/mi", when=700),
@@ -455,7 +457,7 @@ CASES = [
     case("002-E3-met-ast-and-alt", "excl-organ-serology-pregnancy", "E3 part AST and ALT", "met",
          note="ALT: met", ref="Observation/alt", value="240", unit="U/L", when=10),
     case("002-E3-met-ast-and-alt-assumed-uln", "excl-other-ways", "E3 part AST and ALT", "met", note="assumed ULN",
-         ref="Observation/ast", value="130", unit="U/L"),
+         ref="Observation/ast", value="200", unit="U/L"),
     case("002-E3-met-bilirubin", "excl-organ-serology-pregnancy", "E3 part total bilirubin", "met",
          note="2.76 x ULN", ref="Observation/tbil", value="58", unit="umol/L", when=10),
     case("002-E3-met-spo2-room-air", "excl-organ-serology-pregnancy", "E3 part SpO2 below 92 on room air", "met",
@@ -477,14 +479,16 @@ CASES = [
          missing={"1975-2"}, ref="Observation/tbil", value="0.7", when=150),
 
     # E4 infection
-    case("002-E4-met-active-infection", "excl-neuro-cardiac-infection", E4, "met", note="active infection",
-         ref="Condition/inf", when=6),
-    case("002-E4-met-recent-sepsis", "excl-other-ways", E4, "met", note="sepsis within 3 months",
+    # Active tuberculosis (beside a bacterial infection) always needs systemic treatment.
+    case("002-E4-met-active-tuberculosis", "excl-neuro-cardiac-infection", E4, "met",
+         note="sepsis or tuberculosis, current or within 3 months", ref="Condition/tb", when=30),
+    case("002-E4-met-recent-sepsis", "excl-other-ways", E4, "met", note="sepsis or tuberculosis, current or within 3 months",
          ref="Condition/sepsis", when=50),
-    case("002-E4-not-met", "fits", E4, "not-met", note="clinician review: systemic anti-infective treatment"),
-    case("002-E4-not-met-old-resolved", "near-misses", E4, "not-met", note="no record found: active infection"),
+    case("002-E4-not-met", "fits", E4, "not-met", note="no record found: infection or systemic anti-infective within 3 months"),
+    case("002-E4-not-met-old-resolved", "near-misses", E4, "not-met",
+         note="no record found: infection or systemic anti-infective within 3 months"),
     case("002-E4-missing-treatment-unknown", "undecided", E4, "unknown",
-         note="clinician review: did it require systemic treatment?", ref="Condition/inf", when=40),
+         note="clinician review: does it need systemic treatment", ref="Condition/inf", when=40),
 
     # E5 HSCT within 3 months, GVHD grade >= 2 within 2 weeks
     case("002-E5-met", "excl-neuro-cardiac-infection", E5, "met", note="HSCT: met", ref="Procedure/hsct", when=45),
