@@ -8,7 +8,8 @@ evaluation time:
     record("p1", at, woman(34), lab("1742-6", 150, "U/L", 14, ref_high=35), cond("SNOMEDCT", "233604007", 3))
 
 Times: a number is days before `at`; a date or datetime is used as it is; None leaves the
-element out. Ids: `name=` gives `<pid>-<name>` (stable, for evidence checks); else generated.
+element out. Ids: `name=` gives `<pid>-<name>` (stable, for evidence checks; a Chart made with
+`ids="plain"` uses the name itself); else generated.
 Codes name their system by the short names of cds.synthetic.codes (LOINC, SNOMEDCT, ICD10,
 ICD10CM, RxNorm, CVX, Local) or a full URI. `Chart(pid, at)` gives the same builders bound to
 one patient, for modules that write resources directly.
@@ -50,8 +51,8 @@ def when_of(at: datetime, when: When) -> datetime | date | None:
     return ago(at, float(when))
 
 
-def _rid(pid: str, name: str | None) -> str | None:
-    return None if name is None else f"{pid}-{name}"
+def _rid(pid: str, name: str | None, plain: bool = False) -> str | None:
+    return None if name is None else (name if plain else f"{pid}-{name}")
 
 
 # -- builders bound to one patient ----------------------------------------------------------------
@@ -59,8 +60,11 @@ def _rid(pid: str, name: str | None) -> str | None:
 class Chart:
     """The builders for one patient id and evaluation time (each returns a resource)."""
 
-    def __init__(self, pid: str, at: datetime) -> None:
-        self.pid, self.at = pid, at
+    def __init__(self, pid: str, at: datetime, ids: str = "prefixed") -> None:
+        self.pid, self.at, self.plain = pid, at, ids == "plain"
+
+    def _id(self, name: str | None) -> str | None:
+        return _rid(self.pid, name, self.plain)
 
     def patient(self, birth: date | None, gender: str | None, name: str = "Test") -> Resource:
         return F.patient(self.pid, birth, gender, name=name)
@@ -69,7 +73,7 @@ class Chart:
         return F.patient(self.pid, born(self.at, years), gender)
 
     def obs(self, code: str, when: When, name: str | None = None, system: str = "LOINC", **kw: Any) -> Resource:
-        return F.observation(self.pid, system, code, when_of(self.at, when), rid=_rid(self.pid, name), **kw)
+        return F.observation(self.pid, system, code, when_of(self.at, when), rid=self._id(name), **kw)
 
     def lab(self, code: str, value: float, unit: str, when: When, name: str | None = None,
             ref_high: float | None = None, **kw: Any) -> Resource:
@@ -85,21 +89,21 @@ class Chart:
         return self.obs(code, when, name, value_code=NEG, interpretation="NEG")
 
     def cond(self, system: str, code: str, when: When, name: str | None = None, **kw: Any) -> Resource:
-        return F.condition(self.pid, system, code, when_of(self.at, when), rid=_rid(self.pid, name), **kw)
+        return F.condition(self.pid, system, code, when_of(self.at, when), rid=self._id(name), **kw)
 
     def proc(self, system: str, code: str, when: When, name: str | None = None, **kw: Any) -> Resource:
-        return F.procedure(self.pid, system, code, when_of(self.at, when), rid=_rid(self.pid, name), **kw)
+        return F.procedure(self.pid, system, code, when_of(self.at, when), rid=self._id(name), **kw)
 
     def medrq(self, code: str, start: When, end: When, name: str | None = None, **kw: Any) -> Resource:
         return F.medication_request(self.pid, code, when_of(self.at, start), when_of(self.at, end),  # type: ignore[arg-type]
-                                    rid=_rid(self.pid, name), **kw)
+                                    rid=self._id(name), **kw)
 
     def medst(self, code: str, start: When, end: When, name: str | None = None, **kw: Any) -> Resource:
         return F.medication_statement(self.pid, code, when_of(self.at, start), when_of(self.at, end),  # type: ignore[arg-type]
-                                      rid=_rid(self.pid, name), **kw)
+                                      rid=self._id(name), **kw)
 
     def vaccine(self, cvx: str, when: When, name: str | None = None, **kw: Any) -> Resource:
-        return F.immunization(self.pid, cvx, when_of(self.at, when), rid=_rid(self.pid, name), **kw)
+        return F.immunization(self.pid, cvx, when_of(self.at, when), rid=self._id(name), **kw)
 
 
 # -- the same builders as parts (applied later to a patient id and time) ------------------------------

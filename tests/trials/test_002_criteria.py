@@ -10,7 +10,7 @@ E9 positive blood hCG, E10 malignancy, E11 other study (review), E12 investigato
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 import pytest
@@ -19,7 +19,9 @@ from cds.synthetic import fhir as F
 # The patient who fits the trial lives in the package (the synthetic patient generator uses it).
 from cds.synthetic.trial_records import fits_002 as fits
 
-from .kit import day, ev_for, evaluate_trial, missing_codes, notes
+from tests.conftest import EVAL_AT
+
+from .kit import Chart, ago, day, ev_for, evaluate_trial, missing_codes, notes
 
 Resource = dict[str, Any]
 
@@ -59,32 +61,9 @@ DATA_EXCLUSIONS = [E1, E2, E3, E4, E5, E6, E7, E8, E9, E10]
 # --------------------------------------------------------------------------------------------
 
 
-def ago(at: datetime, days: float) -> datetime:
-    return at - timedelta(days=days)
-
-
-def rid(name: str) -> str:
-    return f"{PID}-{name}"
-
-
-def obs(code: str, when: datetime | date, name: str, system: str = "LOINC", **kw: Any) -> Resource:
-    return F.observation(PID, system, code, when, rid=rid(name), **kw)
-
-
-def lab(code: str, value: float, unit: str, name: str, when: datetime, ref_high: float | None = None) -> Resource:
-    return obs(code, when, name, value=value, unit=unit, ref_high=ref_high)
-
-
-def score(code: str, value: float, when: datetime, name: str) -> Resource:
-    return obs(code, when, name, system="Local", value=value, unit="{score}", category="survey")
-
-
-def pos(code: str, when: datetime, name: str) -> Resource:
-    return obs(code, when, name, value_code=("SNOMEDCT", "10828004"), interpretation="POS")
-
-
-def neg(code: str, when: datetime, name: str) -> Resource:
-    return obs(code, when, name, value_code=("SNOMEDCT", "260385009"), interpretation="NEG")
+# The kit's builders bound to this module's patient (times are the dates the cases compute).
+C = Chart(PID, EVAL_AT)
+obs, lab, score, pos, neg = C.obs, C.lab, C.score, C.pos, C.neg
 
 
 # Displays (SNOMED CT / ICD-10-CM / CVX) for the codes these records use, as an EHR sends them.
@@ -123,22 +102,22 @@ def _shown(res: Resource, key: str) -> Resource:
 
 def cond(system: str, code: str, onset: datetime | date | None, name: str, *, status: str | None = "active",
          abated: datetime | date | None = None) -> Resource:
-    res = _shown(F.condition(PID, system, code, onset, clinical_status=status, rid=rid(name)), "code")
+    res = _shown(C.cond(system, code, onset, name, clinical_status=status), "code")
     if abated is not None:
         res["abatementDateTime"] = F.iso(abated)
     return res
 
 
 def proc(system: str, code: str, when: datetime, name: str) -> Resource:
-    return _shown(F.procedure(PID, system, code, when, rid=rid(name)), "code")
+    return _shown(C.proc(system, code, when, name), "code")
 
 
 def vaccine(cvx: str, when: datetime, name: str) -> Resource:
-    return _shown(F.immunization(PID, cvx, when, rid=rid(name)), "vaccineCode")
+    return _shown(C.vaccine(cvx, when, name), "vaccineCode")
 
 
 def med(rxnorm: str, start: date, end: date | None, name: str, dose_mg: float | None = None, per_day: int = 1) -> Resource:
-    return F.medication_statement(PID, rxnorm, start, end, dose_mg=dose_mg, per_day=per_day, rid=rid(name))
+    return C.medst(rxnorm, start, end, name, dose_mg=dose_mg, per_day=per_day)
 
 
 def fit_with(at: datetime, drop: tuple[str, ...] = (), add: list[Resource] = ()) -> list[Resource]:
@@ -169,16 +148,16 @@ SCENARIOS: dict[str, Any] = {
         cond("SNOMEDCT", "254837009", ago(at, 100), "ca"),
     ]),
     "excl-organ-serology-pregnancy": lambda at: fit_with(at, add=[
-        lab("98979-8", 24, "mL/min/{1.73_m2}", "egfr", ago(at, 10)),
+        lab("98979-8", 24, "mL/min/{1.73_m2}", ago(at, 10), "egfr"),
         proc("SNOMEDCT", "302497006", ago(at, 3), "hd"),
-        lab("1920-8", 190, "U/L", "ast", ago(at, 10), ref_high=40),
-        lab("1742-6", 240, "U/L", "alt", ago(at, 10), ref_high=40),
-        lab("14631-6", 58, "umol/L", "tbil", ago(at, 10), ref_high=21),
-        lab("59410-1", 89, "%", "spo2", ago(at, 10)),
+        lab("1920-8", 190, "U/L", ago(at, 10), "ast", ref_high=40),
+        lab("1742-6", 240, "U/L", ago(at, 10), "alt", ref_high=40),
+        lab("14631-6", 58, "umol/L", ago(at, 10), "tbil", ref_high=21),
+        lab("59410-1", 89, "%", ago(at, 10), "spo2"),
         pos("5196-1", ago(at, 21), "hbsag"),
-        lab("42595-9", 230000, "[IU]/mL", "hbvdna", ago(at, 21), ref_high=20),
+        lab("42595-9", 230000, "[IU]/mL", ago(at, 21), "hbvdna", ref_high=20),
         pos("13955-0", ago(at, 21), "hcvab"),
-        lab("11011-4", 1.2e6, "[IU]/mL", "hcvrna", ago(at, 21), ref_high=15),
+        lab("11011-4", 1.2e6, "[IU]/mL", ago(at, 21), "hcvrna", ref_high=15),
         pos("56888-1", ago(at, 21), "hiv"),
         pos("24110-9", ago(at, 21), "tp"),
         pos("2118-8", ago(at, 3), "hcg"),
@@ -186,13 +165,13 @@ SCENARIOS: dict[str, Any] = {
     "excl-other-ways": lambda at: fit_with(at, drop=("egfr",), add=[
         cond("ICD10CM", "A41.9", ago(at, 50), "sepsis", status="resolved"),
         cond("ICD10CM", "C18.9", date(2022, 1, 10), "ca", status="resolved", abated=date(2022, 8, 1)),
-        lab("14682-9", 248, "umol/L", "creat", ago(at, 10), ref_high=90),
-        lab("59408-5", 88, "%", "spo2", ago(at, 10)),
+        lab("14682-9", 248, "umol/L", ago(at, 10), "creat", ref_high=90),
+        lab("59408-5", 88, "%", ago(at, 10), "spo2"),
         proc("SNOMEDCT", "57485005", ago(at, 10), "o2"),
         # no reference range: above 3 x ULN over the whole plausible ULN range for a woman
         # (AST 25-48, ALT 19-56 U/L), so the assumed ULN decides
-        lab("1920-8", 200, "U/L", "ast", ago(at, 10)),
-        lab("1742-6", 190, "U/L", "alt", ago(at, 10)),
+        lab("1920-8", 200, "U/L", ago(at, 10), "ast"),
+        lab("1742-6", 190, "U/L", ago(at, 10), "alt"),
         obs("21198-7", ago(at, 3), "hcg", value=1850, unit="m[IU]/mL", ref_high=5),
     ]),
     # records that come close to an exclusion without meeting it
@@ -210,14 +189,14 @@ SCENARIOS: dict[str, Any] = {
         vaccine("187", ago(at, 10), "rzv"),
         cond("SNOMEDCT", "254701007", date(2024, 2, 1), "bcc", status="resolved"),
         cond("ICD10CM", "C18.9", date(2015, 1, 10), "ca", status="resolved", abated=date(2015, 9, 1)),
-        lab("59408-5", 96, "%", "spo2", ago(at, 10)),
+        lab("59408-5", 96, "%", ago(at, 10), "spo2"),
     ]),
     # data missing, or not enough to decide
     "undecided": lambda at: fit_with(at, drop=("eular", "sledai", "hcg", "egfr", "creat", "hiv"), add=[
-        lab("59408-5", 95, "%", "spo2", ago(at, 10)),
+        lab("59408-5", 95, "%", ago(at, 10), "spo2"),
         proc("SNOMEDCT", "371907003", ago(at, 10), "o2"),
-        lab("1920-8", 190, "U/L", "ast", ago(at, 10), ref_high=40),
-        lab("1975-2", 0.7, "mg/dL", "tbil", ago(at, 150), ref_high=1.2),
+        lab("1920-8", 190, "U/L", ago(at, 10), "ast", ref_high=40),
+        lab("1975-2", 0.7, "mg/dL", ago(at, 150), "tbil", ref_high=1.2),
         cond("SNOMEDCT", "95644001", date(2025, 12, 1), "nps"),
         cond("SNOMEDCT", "84114007", ago(at, 400), "hf"),
         cond("ICD10CM", "I31.39", ago(at, 30), "peff"),

@@ -17,11 +17,11 @@ import pytest
 
 from cds.synthetic import fhir as F
 # The patient who fits the trial lives in the package (the synthetic patient generator uses it).
-from cds.synthetic.trial_records import DETECTED, NOT_DETECTED, blood_pressure, flag, negative, positive, score
+from cds.synthetic.trial_records import DETECTED, NOT_DETECTED, blood_pressure, flag, score
 from cds.synthetic.trial_records import ago as _ago
 from cds.synthetic.trial_records import bilag_assessment as bilag
 from cds.synthetic.trial_records import fits_003 as fits
-from tests.trials.kit import evaluate_trial, missing_codes
+from tests.trials.kit import Part, cond, evaluate_trial, medst, missing_codes, neg, obs, person, pos, proc, record
 
 TRIAL = "nct06710717"
 PID = "p003"
@@ -39,52 +39,21 @@ BILAG_DOMAINS = ("constitutional", "mucocutaneous", "neuropsychiatric", "musculo
 Build = Callable[[str, datetime], list[Resource]]
 
 
-def woman(pid: str, at: datetime) -> list[Resource]:
-    return [F.patient(pid, date(1991, 3, 14), "female")]
+WOMAN = person(date(1991, 3, 14), "female")
+MAN = person(date(1984, 8, 2), "male")
 
 
-def man(pid: str, at: datetime) -> list[Resource]:
-    return [F.patient(pid, date(1984, 8, 2), "male")]
-
-
-def with_(*parts: Callable[[str, datetime], Resource | list[Resource]], who: Build = woman) -> Build:
+def with_(*parts: Part, who: Part = WOMAN) -> Build:
     """A record: the patient plus the resources each part builds for (pid, at)."""
-    def build(pid: str, at: datetime) -> list[Resource]:
-        out = who(pid, at)
-        for part in parts:
-            made = part(pid, at)
-            out.extend(made if isinstance(made, list) else [made])
-        return out
-    return build
+    return lambda pid, at: record(pid, at, who, *parts)
 
 
-def obs(code: str, days: float, system: str = "LOINC", **kw: Any) -> Callable[[str, datetime], Resource]:
-    return lambda pid, at: F.observation(pid, system, code, _ago(at, days), **kw)
+woman = with_()
+man = with_(who=MAN)
 
 
-def obs_at(code: str, when: datetime, system: str = "LOINC", **kw: Any) -> Callable[[str, datetime], Resource]:
-    return lambda pid, at: F.observation(pid, system, code, when, **kw)
-
-
-def cond(system: str, code: str, days: float, **kw: Any) -> Callable[[str, datetime], Resource]:
-    return lambda pid, at: F.condition(pid, system, code, _ago(at, days), **kw)
-
-
-def proc(system: str, code: str, days: float, **kw: Any) -> Callable[[str, datetime], Resource]:
-    return lambda pid, at: F.procedure(pid, system, code, _ago(at, days), **kw)
-
-
-def pos(code: str, days: float) -> Callable[[str, datetime], Resource]:
-    return lambda pid, at: positive(pid, code, _ago(at, days))
-
-
-def neg(code: str, days: float) -> Callable[[str, datetime], Resource]:
-    return lambda pid, at: negative(pid, code, _ago(at, days))
-
-
-def stmt(rxnorm: str, start_days: float, end_days: float | None, **kw: Any) -> Callable[[str, datetime], Resource]:
-    return lambda pid, at: F.medication_statement(pid, rxnorm, _ago(at, start_days),
-                                                  None if end_days is None else _ago(at, end_days), **kw)
+obs_at = obs  # a part's time may be days ago or a date-time (kit)
+stmt = medst
 
 
 def sle(pid: str, at: datetime) -> Resource:
@@ -462,8 +431,8 @@ def test_criterion(rules_engine: Any, eval_at: datetime, case: Case) -> None:
 
 @pytest.mark.parametrize("cid", sorted(REVIEW))
 def test_review_criteria_never_decided(rules_engine: Any, eval_at: datetime, cid: str) -> None:
-    for record in (fits(PID, eval_at), woman(PID, eval_at), man(PID, eval_at)):
-        result = results(rules_engine, record, eval_at)[REVIEW[cid]]
+    for chart in (fits(PID, eval_at), woman(PID, eval_at), man(PID, eval_at)):
+        result = results(rules_engine, chart, eval_at)[REVIEW[cid]]
         assert result["status"] == "unknown", (cid, result)
         assert any("clinician review" in (e["note"] or "") for e in result["evidence"]), result
         assert result["missing"] == []
