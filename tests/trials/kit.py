@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime, timedelta
-from typing import Any, Union
+from typing import Any
 
 from cds.engine import Engine
 from cds.synthetic import fhir as F
 
 Resource = dict[str, Any]
-When = Union[float, int, date, datetime, None]
-Part = Callable[[str, datetime], Union[Resource, list[Resource]]]
+When = float | int | date | datetime | None
+Part = Callable[[str, datetime], Resource | list[Resource]]
 
 POS = ("SNOMEDCT", "10828004")
 NEG = ("SNOMEDCT", "260385009")
