@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -308,7 +309,7 @@ def build_bundles(rules_dir: Path = RULES_DIR, elm_dir: Path = ELM_DIR) -> dict[
     out: dict[str, dict[str, Any]] = {}
     seen: dict[str, Resource] = {}
     errors: list[str] = []
-    valuesets = build_valuesets(rules_dir / "valuesets")
+    valuesets = build_valuesets(rules_dir / "valuesets", os.environ.get("TRIAL_CDS_TERMINOLOGY_URL") or None)
     for vs in valuesets.values():
         validate(vs)
     for path in trial_files(rules_dir):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,7 +54,7 @@ def _print_value_sets(rules: Path) -> None:
     """Value sets and codes per value set (issue 11's measure), from the definitions just built."""
     from .terminology.definitions import build_valuesets
 
-    valuesets = build_valuesets(rules / "valuesets")
+    valuesets = build_valuesets(rules / "valuesets", os.environ.get("TRIAL_CDS_TERMINOLOGY_URL") or None)
     totals = [vs["expansion"]["total"] for vs in valuesets.values()]
     err.print(f"value sets: {len(valuesets)}, {sum(totals)} codes in all "
               f"(per value set: min {min(totals, default=0)}, median {sorted(totals)[len(totals) // 2] if totals else 0}, "

@@ -222,3 +222,21 @@ def test_a_failing_terminology_server_keeps_the_committed_expansion_and_says_so(
 def test_no_terminology_server_means_the_committed_expansions():
     cat = with_terminology_server(Catalogue.from_directory(BUNDLES_DIR), None)
     assert cat.terminology == {"source": "committed expansions"}
+
+
+def test_the_build_adds_the_servers_snomed_descendants_to_the_committed_expansion(tx):
+    from cds.terminology import txserver
+
+    txserver._cache.clear()
+    plain = build_valuesets(RULES_DIR / "valuesets")
+    served = build_valuesets(RULES_DIR / "valuesets", tx)
+    malignancy = VS + "malignancy"
+    assert codes(plain[malignancy]) < codes(served[malignancy])
+    assert (SNOMEDCT, "1000000000") in codes(served[malignancy])
+    assert any(p["name"] == "trial-cds-snomed-expansion" and tx in p["valueString"]
+               for p in served[malignancy]["expansion"]["parameter"])
+    ValueSet.model_validate(served[malignancy])
+    _Tx.fail = True
+    txserver._cache.clear()
+    with pytest.raises(ValueError, match="terminology server expansion failed"):
+        build_valuesets(RULES_DIR / "valuesets", tx)

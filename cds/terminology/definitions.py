@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -163,21 +164,43 @@ def _in_range(code: str, spec: str) -> bool:
     return code.startswith(spec)
 
 
+@lru_cache(maxsize=2)
+def _icd_index(system: str) -> tuple[tuple[str, ...], dict[str, list[tuple[str, str]]], dict[str, str]]:
+    """Sorted 3-character categories, the codes under each (classification order), names."""
+    by_category: dict[str, list[tuple[str, str]]] = {}
+    for code, text in _icd_codes(system):
+        by_category.setdefault(code[:3], []).append((code, text))
+    return tuple(sorted(by_category)), by_category, dict(_icd_codes(system))
+
+
+def _matching(system: str, spec: str) -> list[tuple[str, str]]:
+    categories, by_category, _ = _icd_index(system)
+    m = _RANGE.match(spec)
+    if m:
+        lo, hi = m.group(1), m.group(2)
+        return [c for cat in categories[bisect_left(categories, lo):bisect_right(categories, hi)] for c in by_category[cat]]
+    return [c for c in by_category.get(spec[:3], []) if c[0].startswith(spec)]
+
+
 def _icd_expand(include: IncludeDef) -> list[Coding]:
-    codes = _icd_codes(include.uri)
-    known = {c for c, _ in codes}
+    _, _, names = _icd_index(include.uri)
     for spec in [*include.ranges, *include.exclude]:
-        if not _RANGE.match(spec) and spec not in known:
+        if not _RANGE.match(spec) and spec not in names:
             raise ValueError(f"{spec} is not a code or block of {include.uri}")
-    out = []
-    for code, text in codes:
-        if any(_in_range(code, r) for r in include.ranges) and not any(_in_range(code, x) for x in include.exclude):
-            out.append(Coding(include.uri, code, text))
-    return out
+    excluded = {c for spec in include.exclude for c, _ in _matching(include.uri, spec)}
+    picked = {c: t for spec in include.ranges for c, t in _matching(include.uri, spec) if c not in excluded}
+    order = _icd_order(include.uri)
+    return [Coding(include.uri, c, picked[c]) for c in sorted(picked, key=order.__getitem__)]
+
+
+@lru_cache(maxsize=2)
+def _icd_order(system: str) -> dict[str, int]:
+    """Position of each code in the classification (expansions list codes in its order)."""
+    return {code: i for i, (code, _) in enumerate(_icd_codes(system))}
 
 
 def icd_display(system: str, code: str) -> str | None:
-    return dict(_icd_codes(system)).get(code) if system in ICD_VERSIONS else None
+    return _icd_index(system)[2].get(code) if system in ICD_VERSIONS else None
 
 
 # -- expansion and the FHIR resource ------------------------------------------------------------
@@ -307,9 +330,42 @@ def _dedupe(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def build_valuesets(directory: Path) -> dict[str, dict[str, Any]]:
-    """url -> FHIR ValueSet (with expansion) for every definition in `directory`."""
+def build_valuesets(directory: Path, terminology_url: str | None = None) -> dict[str, dict[str, Any]]:
+    """url -> FHIR ValueSet (with expansion) for every definition in `directory`.
+
+    With `terminology_url` (TRIAL_CDS_TERMINOLOGY_URL at build time), the SNOMED CT `isA` roots
+    are also expanded on that server and the descendants it gives join the committed expansion
+    (the value sets that include others follow); a failure stops the build, which never
+    commits an expansion it could not make."""
     defs = load_definitions(directory)
     expansions = expand_all(defs)
     by_id = defs.by_id()
-    return {d.url: valueset_resource(d, date, expansions[d.id], by_id) for d, date in defs.items}
+    out = {d.url: valueset_resource(d, date, expansions[d.id], by_id) for d, date in defs.items}
+    if terminology_url:
+        out = _with_server_expansions(out, terminology_url)
+    return out
+
+
+def _with_server_expansions(valuesets: dict[str, dict[str, Any]], url: str) -> dict[str, dict[str, Any]]:
+    from .codeservice import select_value_sets
+    from .txserver import apply_terminology_server, check_url
+
+    chosen, status, problems = apply_terminology_server(select_value_sets(valuesets.values()), url)
+    if problems:
+        raise ValueError("; ".join(problems))
+    out = {}
+    for vs_url, res in valuesets.items():
+        codes = chosen[vs_url].codes
+        if len(codes) == res["expansion"]["total"]:
+            out[vs_url] = res
+            continue
+        res = json.loads(json.dumps(res))
+        res["expansion"]["contains"] = [{"system": c.system, "code": c.code,
+                                         **({"display": c.display} if c.display and c.system not in ICD_VERSIONS else {})}
+                                        for c in codes]
+        res["expansion"]["total"] = len(codes)
+        params = [p for p in res["expansion"].get("parameter") or [] if p.get("name") != "trial-cds-snomed-expansion"]
+        res["expansion"]["parameter"] = params + [{"name": "trial-cds-snomed-expansion",
+                                                  "valueString": f"curated concepts and the descendants {check_url(url)} gave"}]
+        out[vs_url] = res
+    return out

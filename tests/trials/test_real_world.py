@@ -308,3 +308,13 @@ def test_parts_needing_judgement_are_their_own_review_entries(rules_engine, cata
     got = verdicts(rules_engine, catalogue, adult, eval_at)
     assert crit(got[T002], "002-E2.vasopressors").type == "review"
     assert crit(got[T003], "003-E1.other-cancer-treatment").type == "review"
+
+
+@pytest.mark.parametrize("system, code", [("ICD10", "M32.1"), ("ICD10CM", "M32.14"), ("SNOMEDCT", "68815009")],
+                         ids=["who-icd10", "icd10cm-lupus-nephritis", "snomed-lupus-nephritis-only"])
+def test_sle_recorded_only_in_another_coding_is_sle(rules_engine, catalogue, eval_at, adult, system, code):
+    sle_only = [r for r in adult if r["id"] != f"{PID}-sle"] + record(PID, eval_at, cond(system, code, 2600, name="sle2"))
+    bundle = F.bundle(sle_only)
+    assert rules_engine.evaluate(bundle, ["SLEScreen"], eval_at).raw["SLEScreen"]["In Catalogue Population"] is True
+    got = verdicts(rules_engine, catalogue, sle_only, eval_at)
+    assert status(got[T004], "004-I2") == "met" and got[T004].verdict == "likely-eligible"
