@@ -257,6 +257,7 @@ def test_a_failing_reload_keeps_the_current_catalogue(http: requests.Session, re
     assert {t.id for t in remote.app.state.cds.catalogue.trials} == TRIAL_IDS
     ready = http.get(remote.base_url + "/readyz", timeout=30)
     assert ready.status_code == 200 and ready.json()["trials"] == 5
+    assert ready.json()["terminology"] == {"source": "committed expansions"}
 
 
 def test_a_sixth_trial_appears_after_reload_and_a_broken_one_is_reported(
