@@ -981,11 +981,11 @@ def test_combine_readings(run, key, expected):
 
 
 @pytest.mark.parametrize(("scenario", "status", "note", "codes"), by_first([
-    ("hbsag-positive", "met", "positive", []),
-    ("hbsag-negative", "not-met", "negative", []),
-    ("hbsag-conflicting", "unknown", "result could not be read", ["5196-1"]),
+    ("hbsag-positive", "met", "positive; latest result within 12 months", []),
+    ("hbsag-negative", "not-met", "negative; latest result within 12 months", []),
+    ("hbsag-conflicting", "unknown", "result could not be read; latest result within 12 months", ["5196-1"]),
     ("hbsag-stale", "unknown", "stale: 2025-10-22 is older than the 12 months window", ["5196-1"]),
-    ("empty", "unknown", "no result", ["5196-1"]),
+    ("empty", "unknown", "no result within 12 months", ["5196-1"]),
 ]))
 def test_qualitative_criterion(run, scenario, status, note, codes):
     result = run(scenario)["HBsAg Positive"]

@@ -402,7 +402,7 @@ CASES = [
          note="clinician review: did it require intervention", ref="Condition/nps", when="2025-12-01"),
 
     # E2 serious heart disease: each part deciding
-    case("002-E2-met", "excl-neuro-cardiac-infection", E2, "met", note="myocarditis: met"),
+    case("002-E2-met", "excl-neuro-cardiac-infection", E2, "met", note="severe arrhythmia: met"),
     case("002-E2-met-congenital-history", "excl-neuro-cardiac-infection", "E2 part congenital heart disease", "met",
          note="history of congenital heart disease", ref="Condition/chd", when="1996-01-01"),
     case("002-E2-met-mi-within-6-months", "excl-neuro-cardiac-infection", "E2 part myocardial infarction", "met",
@@ -411,8 +411,9 @@ CASES = [
          ref="Condition/vt", when=200),
     case("002-E2-met-nyha-iv", "excl-neuro-cardiac-infection", "E2 part NYHA IV", "met", note="NYHA class 4",
          ref="Observation/nyha", value="Class IV", when=20),
-    case("002-E2-met-myocarditis", "excl-neuro-cardiac-infection", "E2 part myocarditis", "met", ref="Condition/myo",
-         when=20),
+    # "serious myocarditis": how serious is not coded, so the investigator judges.
+    case("002-E2-unknown-myocarditis", "excl-neuro-cardiac-infection", "E2 part myocarditis", "unknown", ref="Condition/myo",
+         when=20, note="is the myocarditis serious"),
     case("002-E2-not-met", "fits", E2, "not-met", note="no record found: congenital heart disease"),
     case("002-E2-not-met-old-mi-nyha-ii", "near-misses", E2, "not-met", note="NYHA class 2"),
     case("002-E2-not-met-old-mi", "near-misses", "E2 part myocardial infarction", "not-met",
@@ -564,4 +565,4 @@ def test_002_i2_part_labels_show_which_part_decided(rules_engine, eval_at):
     assert notes(out).startswith("diagnosis: not-met")
     out = outcome(rules_engine, eval_at, "excl-neuro-cardiac-infection")[E2]
     decided = {e["note"].split(":")[0] for e in out["evidence"] if e["note"] and ": met" in e["note"]}
-    assert {"congenital heart disease", "myocardial infarction", "severe arrhythmia", "NYHA IV", "myocarditis"} <= decided
+    assert {"congenital heart disease", "myocardial infarction", "severe arrhythmia", "NYHA IV"} <= decided

@@ -333,7 +333,7 @@ CASES = [
     case("004-E14-met-record", E14, w(neg("2118-8", 5), cond("77386006", 70)), "met", ev(days=70, note="pregnancy record: met")),
     case("004-E14-met-lactation", E14, w(neg("2118-8", 5), cond("69840006", 120)), "met", ev(note="lactation: met")),
     case("004-E14-not-met", E14, w(neg("2118-8", 5), cond("77386006", 700)), "not-met", ev(value="Negative", days=5),
-         ev(note="plans to have children")),
+         ev(value="no plan to have children within 1 year of treatment (ask the patient; see I12)")),
     case("004-E14-not-met-male", E14, m(), "not-met", ev(note="not applicable: male")),
     case("004-E14-missing", E14, w(), "unknown", miss("2118-8")),
     case("004-E14-missing-stale", E14, w(neg("2118-8", 60)), "unknown", miss("2118-8"), ev(days=60, note="stale")),
