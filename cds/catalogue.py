@@ -72,6 +72,10 @@ class Catalogue:
     trials: list[TrialDef]
     libraries: dict[str, dict[str, Any]]
     problems: list[str] = field(default_factory=list)
+    # Canonical URL -> the ValueSet version in use (terminology.ValueSetExpansion).
+    value_sets: dict[str, Any] = field(default_factory=dict)
+    # How each value set's expansion was obtained, for /readyz (terminology server or committed).
+    terminology: dict[str, Any] = field(default_factory=dict)
 
     def trial(self, trial_id: str) -> TrialDef:
         for t in self.trials:
@@ -111,9 +115,28 @@ class Catalogue:
                 trials.append(_trial(study, by_type.get("Group", {}), library_by_url, libraries))
             except CatalogueError as exc:
                 problems.append(f"ResearchStudy/{study.get('id')}: {exc}")
+        from .engine.elm import closure, value_set_urls
+        from .terminology import select_value_sets
+
+        # A trial whose rules use a value set the catalogue lacks cannot be evaluated: skipped.
+        value_sets = select_value_sets(by_type.get("ValueSet", {}).values(), problems)
+        usable = []
+        for trial in trials:
+            try:
+                needed = {url for lib in closure([trial.library], libraries) for url in value_set_urls(libraries[lib])}
+            except KeyError as exc:
+                problems.append(f"ResearchStudy/{trial.id}: {exc.args[0]}")
+                continue
+            missing = sorted(needed - set(value_sets))
+            if missing:
+                problems.append(f"ResearchStudy/{trial.id}: value sets not in the catalogue: {', '.join(missing[:5])}"
+                                + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+                continue
+            usable.append(trial)
+        trials = usable
         for p in problems:
             log.warning("catalogue: %s", p)
-        return cls(trials, libraries, problems)
+        return cls(trials, libraries, problems, value_sets=value_sets)
 
     @classmethod
     def from_bundle_files(cls, paths: Iterable[Path]) -> Catalogue:

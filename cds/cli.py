@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +47,25 @@ def build(
         err.print(str(exc), markup=False, highlight=False)
         raise typer.Exit(1) from None
     err.print(f"bundles: {len(changed)} written in {bundles}")
+    _print_value_sets(rules)
+
+
+def _print_value_sets(rules: Path) -> None:
+    """Value sets and codes per value set (issue 11's measure), from the definitions just built."""
+    from .terminology.definitions import build_valuesets
+
+    valuesets = build_valuesets(rules / "valuesets", os.environ.get("TRIAL_CDS_TERMINOLOGY_URL") or None)
+    totals = [vs["expansion"]["total"] for vs in valuesets.values()]
+    err.print(f"value sets: {len(valuesets)}, {sum(totals)} codes in all "
+              f"(per value set: min {min(totals, default=0)}, median {sorted(totals)[len(totals) // 2] if totals else 0}, "
+              f"max {max(totals, default=0)})")
+    for vs in sorted(valuesets.values(), key=lambda v: v["id"]):
+        systems: dict[str, int] = {}
+        for c in vs["expansion"]["contains"]:
+            key = c["system"].rstrip("/").rsplit("/", 1)[-1]
+            systems[key] = systems.get(key, 0) + 1
+        err.print(f"  {vs['id']:<58} {vs['expansion']['total']:>5}  "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(systems.items())), highlight=False)
 
 
 def _read_bundle(path: Path) -> dict:

@@ -40,8 +40,8 @@ RETRY_STATUSES = {429, 503}
 MAX_TRIES = 5
 MAX_WAIT = 30.0
 TIMEOUT = 120.0
-ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-TYPE_RE = re.compile(r"^[A-Z][A-Za-z]+$")
+ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")
+TYPE_RE = re.compile(r"^[A-Z][A-Za-z]+\Z")
 
 Resource = dict[str, Any]
 Progress = Callable[[int, str], None]

@@ -82,7 +82,7 @@ class Record:
 
 # The element that names the patient, per resource type (FHIR R4); other types: the first present.
 PATIENT_FIELD = {"Immunization": "patient", "AllergyIntolerance": "patient", "Coverage": "beneficiary"}
-_RELATIVE = re.compile(r"^Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
+_RELATIVE = re.compile(r"^Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?\Z")
 
 
 def references_patient(resource: Mapping[str, Any], patient_id: str, fhir_server: HttpUrl | None) -> bool:

@@ -19,6 +19,7 @@ from .engine import Engine
 from .engine.elm import define_names, orderable_codes
 from .hooks.prefetch import PrefetchQuery, prefetch_queries
 from .settings import Settings
+from .terminology.txserver import with_terminology_server
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,12 @@ def screen_library(catalogue: Catalogue) -> str | None:
 
 def build_ruleset(settings: Settings) -> RuleSet:
     """Load the catalogue and derive everything from it; the engine is built but not started."""
-    catalogue = load_catalogue(settings)
+    catalogue = with_terminology_server(load_catalogue(settings), settings.terminology_url,
+                                        timeout=settings.fetch_timeout)
     screen = screen_library(catalogue)
     names = catalogue.trial_libraries + ([screen] if screen else [])
-    queries = prefetch_queries(catalogue.libraries, names) if names else []
-    orderable = orderable_codes(catalogue.libraries)
-    engine = Engine(catalogue.libraries, pool_size=settings.pool_size, timeout=settings.cql_timeout)
+    queries = prefetch_queries(catalogue.libraries, names, catalogue.value_sets) if names else []
+    orderable = orderable_codes(catalogue.libraries, catalogue.value_sets)
+    engine = Engine(catalogue.libraries, pool_size=settings.pool_size, timeout=settings.cql_timeout,
+                    value_sets=catalogue.value_sets)
     return RuleSet(catalogue=catalogue, engine=engine, queries=queries, orderable=orderable, screen_library=screen)

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     catalogue: str = Field(str(BUNDLES_DIR), description="directory of trial bundles or a FHIR base URL")
     catalogue_token: str | None = Field(
         None, description="bearer token for reading the catalogue when TRIAL_CDS_CATALOGUE is a FHIR base URL")
+    terminology_url: str | None = Field(
+        None, description="FHIR terminology server base URL: SNOMED CT is-a definitions of the value sets are expanded "
+                          "there (ValueSet/$expand) at catalogue load and reload; on failure the committed expansion stays")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     pool_size: int | None = Field(None, ge=1, le=16)
     cql_timeout: float = Field(10.0, gt=0, description="seconds per CQL evaluation")

@@ -33,8 +33,8 @@ from urllib3.util import parse_url
 MAX_URL_LENGTH = 4096
 _SCHEMES = {"http": 80, "https": 443}
 # The authority may hold a registered name, an IPv4 address, a bracketed IPv6 address, a port.
-_AUTHORITY = re.compile(r"^(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
-_PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
+_AUTHORITY = re.compile(r"^(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z")
+_PRINTABLE = re.compile(r"^[\x21-\x7e]+\Z")
 _ENCODED_SEPARATOR = re.compile(r"%(?:2[eEfF]|5[cC])")
 
 
@@ -88,7 +88,7 @@ def parse_http_url(text: object) -> HttpUrl:
         raise _refuse("the URL is empty or not text")
     if len(text) > MAX_URL_LENGTH:
         raise _refuse(f"the URL is longer than {MAX_URL_LENGTH} characters")
-    if not _PRINTABLE.match(text):
+    if not _PRINTABLE.fullmatch(text):
         raise _refuse("the URL holds spaces, control or non-ASCII characters")
     if "\\" in text:
         raise _refuse("the URL holds a backslash")
@@ -102,7 +102,7 @@ def parse_http_url(text: object) -> HttpUrl:
     authority, remainder = rest[:end], rest[end:]
     if "@" in authority:
         raise _refuse("the URL holds credentials (userinfo); they are never sent")
-    if not _AUTHORITY.match(authority):
+    if not _AUTHORITY.fullmatch(authority):
         raise _refuse("the URL's host part is not a plain host name, IP address and port")
     path, qmark, query = remainder.partition("?")
     if _ENCODED_SEPARATOR.search(path):

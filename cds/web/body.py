@@ -20,7 +20,7 @@ from .errors import ApiError, describe
 M = TypeVar("M", bound=BaseModel)
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-_JSON_MEDIA = re.compile(r"^application/(?:[\w.+-]+\+)?json$")
+_JSON_MEDIA = re.compile(r"^application/(?:[\w.+-]+\+)?json\Z")
 
 
 def _check_media_type(request: Request) -> None:

@@ -40,6 +40,7 @@ async def readyz(request: Request) -> JSONResponse:
         "trials": len(state.catalogue.trials) if state else 0,
         "workers": len(state.engine.pool.pids) if state else 0,
         "catalogueProblems": state.catalogue.problems if state else [],
+        "terminology": state.catalogue.terminology if state else {},
     }
     if state and state.verifier is not None:
         body["issuerKeys"] = state.verifier.keys.status()

@@ -282,3 +282,10 @@ def test_a_fetched_record_over_the_limits_is_data_unavailable(small_ehr: FakeEhr
     with pytest.raises(RecordTooLarge) as info:
         assemble_record(FIT, queries, {}, client, limits=Limits(10_000, fit_obs - 1))
     assert info.value.source == "fetched"
+
+
+def test_a_reference_with_a_trailing_newline_is_not_the_patient() -> None:
+    mine = [r for r in no_sle_resources() if r["resourceType"] in ("Patient", "Condition")]
+    condition = {**mine[1], "subject": {"reference": f"Patient/{NO_SLE}\n"}}
+    record = assemble_record(NO_SLE, QUERIES, {"patient": mine[0], "condition": _searchset(condition)}, None)
+    assert record.dropped == 1

@@ -14,7 +14,7 @@ from cds.net.urls import HttpUrl, UnsafeUrl, allowed, parse_http_url
 ALLOWLIST = [parse_http_url("http://127.0.0.1:18150/fhir"), parse_http_url("https://ehr.example/fhir/r4"),
              parse_http_url("http://[::1]:8080/api")]
 
-PIECES = ["\\", "@", "%40", "%5c", "%5C", "%2f", "%2F", "%2e", "..", ".", ":", "/", "//", "?", "#", "%00", "\t",
+PIECES = ["\\", "\n", "@", "%40", "%5c", "%5C", "%2f", "%2F", "%2e", "..", ".", ":", "/", "//", "?", "#", "%00", "\t",
           " ", "\r\n", "[", "]", "u:p", "127.0.0.1", "127.0.0.1:18150", "127.0.0.1:18151", "ehr.example",
           "EHR.Example", "evil.example", "[::1]", "[::1]:8080", ":18150", ":443", ":0", ":99999", "fhir", "r4", "api",
           "ｅｈｒ.example", "é"]
