@@ -8,14 +8,14 @@ results; `cds.evaluate_trials(bundle, at)` gives the per-trial verdicts of the c
 from __future__ import annotations
 
 import threading
-from importlib import metadata as _metadata
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .engine import Engine, EvaluationResult
     from .eligibility import TrialResult
+    from .engine import Engine, EvaluationResult
 
 try:  # one source of truth: pyproject.toml, through the installed package's metadata
     __version__ = _metadata.version("trial-cds")
@@ -46,9 +46,8 @@ def evaluate_trials(bundle: Mapping[str, Any], at: datetime | str) -> list[Trial
     """The verdict of every trial in fhir_bundles/ for one patient Bundle, as of `at`."""
     from .catalogue import Catalogue
     from .eligibility import evaluate_trials as _evaluate_trials
-    from .paths import BUNDLES_DIR
-
     from .engine import Engine
+    from .paths import BUNDLES_DIR
 
     with _lock:
         if "catalogue" not in _default:

@@ -21,24 +21,24 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 
 from .engine.elm import closure, define_names, includes, library_name, library_version, value_set_urls
+from .fhir.systems import (
+    BASE,
+    CRITERION_SYSTEM,
+    CTGOV,
+    EXT_CLINICIAN_REVIEW,
+    EXT_COLLABORATOR,
+    EXT_CQF_EXPRESSION,
+    EXT_CRITERION_READING,
+    EXT_CRITERION_TEXT,
+    EXT_R5_LABEL,
+    PHASE_SYSTEM,
+    SD,
+    TITLE_TYPE,
+    TRIALS_SYSTEM,
+    UCUM,
+)
 from .paths import BUNDLES_DIR, ELM_DIR, RULES_DIR
 from .trialmeta import Criterion, Organization, Site, Threshold, Trial, load_trial, trial_files
-
-BASE = "https://trial-cds.dev/fhir"
-SD = f"{BASE}/StructureDefinition"
-EXT_CQF_EXPRESSION = "http://hl7.org/fhir/StructureDefinition/cqf-expression"
-EXT_CRITERION_TEXT = f"{SD}/criterion-text"
-EXT_CRITERION_READING = f"{SD}/criterion-reading"
-EXT_CLINICIAN_REVIEW = f"{SD}/clinician-review"
-EXT_COLLABORATOR = f"{SD}/collaborator"
-# R5 ResearchStudy.label (type short-title) carried into R4 by the cross-version extension.
-EXT_R5_LABEL = "http://hl7.org/fhir/5.0/StructureDefinition/extension-ResearchStudy.label"
-TITLE_TYPE = "http://hl7.org/fhir/title-type"
-CRITERION_SYSTEM = "https://trial-cds.dev/criteria"
-TRIALS_SYSTEM = "https://trial-cds.dev/trials"
-CTGOV = "https://clinicaltrials.gov"
-PHASE_SYSTEM = "http://terminology.hl7.org/CodeSystem/research-study-phase"
-UCUM = "http://unitsofmeasure.org"
 
 Resource = dict[str, Any]
 
@@ -309,7 +309,6 @@ def build_bundles(rules_dir: Path = RULES_DIR, elm_dir: Path = ELM_DIR) -> dict[
     from pydantic import ValidationError
 
     from .engine import load_elm_dir
-
     from .terminology.definitions import build_valuesets
 
     elm = load_elm_dir(elm_dir)

@@ -25,22 +25,20 @@ from . import display as D
 from . import markdown as M
 from .catalogue import TrialDef
 from .eligibility import Coding, CriterionResult, Evidence, TrialResult
+from .fhir.systems import EXT_RESEARCH_STUDY as RESEARCH_STUDY_EXT
+from .fhir.systems import OVERRIDE_SYSTEM, TRIALS_SYSTEM
 from .hooks.models import Action, Card, Link, Source, Suggestion
-from .hooks.models import Coding as HookCoding
 
-TRIALS_SYSTEM = "https://trial-cds.dev/trials"
-OVERRIDE_SYSTEM = "https://trial-cds.dev/override-reasons"
 CARD_NAMESPACE = uuid.UUID("5b7f3a52-8c1e-4f5e-9d1b-2b4a6e0c9a11")
-RESEARCH_STUDY_EXT = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
 SUMMARY_LIMIT = 139  # CDS Hooks: summary "<140 characters"
 LINE_LIMIT = 220  # characters of one detail line, so a line wraps at most twice in a card column
 VALUES_SHOWN = 4  # deciding values on the card; the rest are in the clinician view
 
 OVERRIDE_REASONS = [
-    HookCoding(system=OVERRIDE_SYSTEM, code="patient-declined", display="Patient declined"),
-    HookCoding(system=OVERRIDE_SYSTEM, code="not-a-candidate", display="Not a candidate (clinical judgement)"),
-    HookCoding(system=OVERRIDE_SYSTEM, code="already-screened", display="Already screened or referred"),
-    HookCoding(system=OVERRIDE_SYSTEM, code="data-out-of-date", display="Record data out of date or wrong"),
+    Coding(system=OVERRIDE_SYSTEM, code="patient-declined", display="Patient declined"),
+    Coding(system=OVERRIDE_SYSTEM, code="not-a-candidate", display="Not a candidate (clinical judgement)"),
+    Coding(system=OVERRIDE_SYSTEM, code="already-screened", display="Already screened or referred"),
+    Coding(system=OVERRIDE_SYSTEM, code="data-out-of-date", display="Record data out of date or wrong"),
 ]
 
 VERDICT_LABEL = {"likely-eligible": "Likely eligible", "possibly-eligible": "Possibly eligible"}
@@ -357,7 +355,7 @@ def build_card(trial: TrialDef, result: TrialResult, patient_id: str, hook_insta
         detail=detail(trial, result, orderable, record, reading),
         indicator="info",
         source=Source(label=f"trial-cds: {trial.registry_id}" if trial.registry_id else "trial-cds", url=trial.page,
-                      topic=HookCoding(system=TRIALS_SYSTEM, code=trial.id, display=trial.title[:200])),
+                      topic=Coding(system=TRIALS_SYSTEM, code=trial.id, display=trial.title[:200])),
         suggestions=suggestions,
         selectionBehavior="any",
         overrideReasons=OVERRIDE_REASONS,

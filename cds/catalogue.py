@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .bundles import (
+from .engine.elm import library_name
+from .fhir.systems import (
     CRITERION_SYSTEM,
     CTGOV,
     EXT_CLINICIAN_REVIEW,
@@ -24,7 +25,6 @@ from .bundles import (
     EXT_CRITERION_TEXT,
     EXT_R5_LABEL,
 )
-from .engine.elm import library_name
 
 log = logging.getLogger(__name__)
 

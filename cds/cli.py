@@ -29,9 +29,8 @@ def build(
 ) -> None:
     """Translate every rules/*.cql to ELM JSON (official CQL translator) and write the trial bundles."""
     from .build import compile_rules
-    from .engine.translator import TranslationError
-
     from .bundles import write_bundles
+    from .engine.translator import TranslationError
 
     try:
         report = compile_rules(rules, elm)

@@ -16,7 +16,6 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-
 DEMO_PATIENTS = [
     ("adult-likely", "likely eligible: complete, recent data"),
     ("adult-missing-serology", "possibly eligible: no hepatitis/HIV serology on record"),

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
-LOINC = "http://loinc.org"
-LOCAL = "https://trial-cds.dev/codes"
+from .fhir.systems import LOCAL_CODES as LOCAL
+from .fhir.systems import LOINC
 
 # LOINC components (the part of the long name before " [") as clinicians name them.
 _COMPONENTS: dict[str, str] = {

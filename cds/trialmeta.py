@@ -14,15 +14,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .fhir.coding import Coding
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Coding(_Strict):
-    system: str
-    code: str
-    display: str | None = None
 
 
 class Threshold(_Strict):

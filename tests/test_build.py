@@ -10,9 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cds.build import stale_elm
-from cds.bundles import EXT_CQF_EXPRESSION, drifted_bundles, validate
+from cds.bundles import drifted_bundles, validate
 from cds.cli import app
 from cds.engine.elm import define_names
+from cds.fhir.systems import EXT_CQF_EXPRESSION
 from cds.paths import BUNDLES_DIR
 
 

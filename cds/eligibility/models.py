@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from ..fhir.coding import Coding
+
 Verdict = Literal["excluded", "likely-eligible", "possibly-eligible"]
 Status = Literal["met", "not-met", "unknown"]
 CriterionType = Literal["inclusion", "exclusion", "review"]
@@ -21,12 +23,6 @@ class Evidence(_Model):
     unit: str | None = None
     date: str | None = None
     note: str | None = None
-
-
-class Coding(_Model):
-    system: str | None = None
-    code: str
-    display: str | None = None
 
 
 class CriterionResult(_Model):

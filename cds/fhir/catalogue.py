@@ -21,13 +21,11 @@ import re
 from typing import Any
 from urllib.parse import quote
 
-from ..bundles import BASE
 from ..catalogue import Catalogue
 from .client import FhirClient, FhirError
+from .systems import SCREEN_LIBRARY_URL
 
 log = logging.getLogger(__name__)
-
-SCREEN_LIBRARY_URL = f"{BASE}/Library/SLEScreen"
 
 _LIBRARY = re.compile(r'^\s*library\s+(?:"([^"]+)"|([A-Za-z_][A-Za-z0-9_]*))', re.MULTILINE)
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..fhir.coding import Coding
 from ..net.urls import UnsafeUrl, parse_http_url
 
 FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
@@ -22,12 +23,6 @@ class _In(BaseModel):
 
 class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class Coding(_Out):
-    code: str = Field(min_length=1)
-    system: str | None = None
-    display: str | None = None
 
 
 # -- request -------------------------------------------------------------------------------

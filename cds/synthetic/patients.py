@@ -27,6 +27,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from ..fhir.systems import BASE
 from ..hooks.prefetch import PrefetchQuery
 from ..paths import BUNDLES_DIR, PATIENTS_DIR
 from . import fhir as F
@@ -38,7 +39,6 @@ Resource = dict[str, Any]
 Builder = Callable[[str, datetime], list[Resource]]
 Transform = Callable[[str, datetime, list[Resource]], list[Resource]]
 
-FHIR_BASE = "https://trial-cds.dev/fhir"
 HOOK_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://trial-cds.dev/synthetic-patients")
 DEFAULT_AT = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc)
 
@@ -572,7 +572,7 @@ def _finalise(pid: str, resources: Iterable[Resource]) -> list[Resource]:
 
 
 def to_bundle(pid: str, resources: Iterable[Resource], at: datetime) -> dict[str, Any]:
-    entries = [{"fullUrl": f"{FHIR_BASE}/{r['resourceType']}/{r['id']}", "resource": r} for r in resources]
+    entries = [{"fullUrl": f"{BASE}/{r['resourceType']}/{r['id']}", "resource": r} for r in resources]
     return {"resourceType": "Bundle", "id": pid, "type": "collection", "timestamp": F.iso(at), "entry": entries}
 
 

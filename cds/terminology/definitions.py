@@ -31,13 +31,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-VALUESET_BASE = "https://trial-cds.dev/ValueSet"
-EXT_CODE_SOURCE = "https://trial-cds.dev/fhir/StructureDefinition/code-source"
-EXT_INCLUDE_REASON = "https://trial-cds.dev/fhir/StructureDefinition/include-reason"
+from ..fhir.systems import EXT_CODE_SOURCE, EXT_INCLUDE_REASON, SNOMEDCT, VALUESET_BASE
 
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-SNOMEDCT = "http://snomed.info/sct"
 
 SYSTEMS = {
     "SNOMEDCT": SNOMEDCT,

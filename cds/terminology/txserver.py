@@ -26,6 +26,7 @@ from typing import Any
 
 import requests
 
+from ..fhir.systems import SNOMEDCT
 from ..net.http import BodyBroken, BodyDeadline, BodyTooLarge, new_session, read_body, shared_session
 from ..net.urls import UnsafeUrl, parse_http_url
 from .codeservice import Code, ValueSetExpansion, _unique
@@ -34,7 +35,6 @@ MAX_EXPANSION_BYTES = 32 * 1_000_000  # one value set's expansion; more is a bro
 
 log = logging.getLogger(__name__)
 
-SNOMEDCT = "http://snomed.info/sct"
 MAX_CODES = 20000
 
 _cache: dict[str, tuple[Code, ...]] = {}

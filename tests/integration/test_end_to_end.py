@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import requests
 
-from cds.bundles import BASE, CRITERION_SYSTEM, EXT_CQF_EXPRESSION, EXT_CRITERION_TEXT
 from cds.catalogue import Catalogue
+from cds.fhir.systems import BASE, CRITERION_SYSTEM, EXT_CQF_EXPRESSION, EXT_CRITERION_TEXT
 from cds.paths import BUNDLES_DIR
 from cds.publish import Publisher, Source, load_sources
 from cds.settings import Settings

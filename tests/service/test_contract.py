@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from cds.app import SERVICE_ID
-from cds.cards import TRIALS_SYSTEM
+from cds.fhir.systems import TRIALS_SYSTEM
 from cds.hooks.models import CardsResponse, Discovery
 
 from .conftest import NO_SLE, HookCall, Service, hook_body, no_sle_resources
