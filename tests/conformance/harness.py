@@ -38,8 +38,11 @@ Failures carry a one-word cause: `translator` (the expression does not translate
 one does), `engine` (a runtime error, a wrong value, a missing error), `harness` (the expected
 output cannot be represented: it does not translate or evaluate here).
 
-`python -m cds.conformance` prints pass/fail counts per group; `--write-known-failures` rewrites
-the known-failure list (tests/conformance_known_failures.txt).
+`python -m tests.conformance.harness` prints pass/fail counts per group; `--write-known-failures`
+rewrites the known-failure list (tests/conformance/known_failures.txt).
+
+The suite itself is vendored beside this module (`cql-tests/`, Apache-2.0), so it runs on every
+clone; `$TRIAL_CDS_CQL_TESTS` points at another copy.
 """
 
 from __future__ import annotations
@@ -58,9 +61,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .engine.pool import EngineError, EngineTimeout, EngineUnavailable, WorkerPool
-from .engine.translator import Translation, Translator
-from .engine.values import (
+from cds.engine.pool import EngineError, EngineTimeout, EngineUnavailable, WorkerPool
+from cds.engine.translator import Translation, Translator
+from cds.engine.values import (
     CqlDate,
     CqlDateTime,
     CqlTime,
@@ -71,8 +74,10 @@ from .engine.values import (
 )
 
 ENV_VAR = "TRIAL_CDS_CQL_TESTS"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-KNOWN_FAILURES_FILE = REPO_ROOT / "tests" / "conformance_known_failures.txt"
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+VENDORED_SUITE = HERE / "cql-tests"
+KNOWN_FAILURES_FILE = HERE / "known_failures.txt"
 CAUSES = ("translator", "engine", "harness")
 # A fixed evaluation time in UTC: the suite's expected DateTimes without an offset are taken to
 # be in the evaluation's offset, and its literal outputs use +00:00 / Z.
@@ -86,9 +91,9 @@ ELM_TYPES = "{urn:hl7-org:elm-types:r1}"
 
 def suite_dir() -> Path | None:
     """The suite's folder (holding `cql/*.xml`): $TRIAL_CDS_CQL_TESTS when set (the suite's folder
-    or its cql/ folder), else shared/cql-tests beside the repository; None when absent."""
+    or its cql/ folder), else the copy vendored beside this module; None when absent."""
     env = os.environ.get(ENV_VAR)
-    candidates = [Path(env)] if env else [REPO_ROOT.parent / "shared" / "cql-tests"]
+    candidates = [Path(env)] if env else [VENDORED_SUITE]
     for c in candidates:
         if (c / "cql").is_dir() and any((c / "cql").glob("*.xml")):
             return c
@@ -186,9 +191,9 @@ def read_known_failures(path: Path = KNOWN_FAILURES_FILE) -> dict[str, KnownFail
 def format_known_failures(failures: Iterable[KnownFailure]) -> str:
     rows = sorted(failures, key=lambda f: f.id)
     width = max((len(f.id) for f in rows), default=0)
-    header = ("# CQL conformance tests (../shared/cql-tests) that fail today, with a one-word cause:\n"
-              "# translator | engine | harness. tests/test_conformance.py fails when any other test fails.\n"
-              "# Regenerate with: python -m cds.conformance --write-known-failures\n")
+    header = ("# CQL conformance tests (tests/conformance/cql-tests) that fail today, with a one-word cause:\n"
+              "# translator | engine | harness. tests/conformance/test_conformance.py fails when any other test fails.\n"
+              "# Regenerate with: python -m tests.conformance.harness --write-known-failures\n")
     body = "".join(f"{f.id:<{width}}  {f.cause:<10}" + (f"  # {f.note}" if f.note else "") + "\n" for f in rows)
     return header + body
 
@@ -844,7 +849,7 @@ class ConformanceRunner:
 def run_suite(groups: Sequence[str] | None = None, directory: Path | None = None) -> list[GroupResult]:
     directory = directory or suite_dir()
     if directory is None:
-        raise SystemExit(f"the CQL conformance suite is absent (set {ENV_VAR} or put it at ../shared/cql-tests)")
+        raise SystemExit(f"the CQL conformance suite is absent (set {ENV_VAR}; the vendored copy is {VENDORED_SUITE})")
     suite = load_suite(directory)
     results = []
     with ConformanceRunner() as runner:
@@ -856,7 +861,7 @@ def run_suite(groups: Sequence[str] | None = None, directory: Path | None = None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cds.conformance", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tests.conformance.harness", description=__doc__.split("\n\n")[0])
     ap.add_argument("groups", nargs="*", help="groups (XML file stems) to run; default all")
     ap.add_argument("--write-known-failures", action="store_true",
                     help=f"rewrite {KNOWN_FAILURES_FILE.relative_to(REPO_ROOT)} with today's failures")

@@ -1,10 +1,12 @@
 """The official CQL conformance suite through the project's pipeline (translate -> execute).
 
-One test per group (XML file) of ../shared/cql-tests (or $TRIAL_CDS_CQL_TESTS). Each prints
-`group: N passed, M failed (K known)` and fails when a test outside the known-failure list
-(tests/conformance_known_failures.txt) fails, so the pass count can only go up. A known failure
-that passes now is reported ("now passing, remove from the list") but does not fail the run.
-Refresh the list with `python -m cds.conformance --write-known-failures`.
+One test per group (XML file) of the vendored suite, tests/conformance/cql-tests (or
+$TRIAL_CDS_CQL_TESTS). Each prints `group: N passed, M failed (K known)` and fails when a test
+outside the known-failure list (tests/conformance/known_failures.txt) fails, so the pass count
+can only go up. A known failure that passes now is reported ("now passing, remove from the list")
+but does not fail the run. Refresh the list with
+`python -m tests.conformance.harness --write-known-failures`. The suite is part of the
+repository, so it never skips: a missing suite is a failure.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from decimal import Decimal
 
 import pytest
 
-from cds import conformance as cf
 from cds.engine.values import CqlDate, CqlDateTime, CqlTime, Interval, Quantity, Uncertainty
+from tests.conformance import harness as cf
 
 SUITE = cf.suite_dir()
 ABSENT = ("the CQL conformance suite is absent: no cql/*.xml under "
           + (f"${cf.ENV_VAR}={os.environ[cf.ENV_VAR]}" if os.environ.get(cf.ENV_VAR)
-             else f"{cf.REPO_ROOT.parent / 'shared' / 'cql-tests'} (or set ${cf.ENV_VAR})"))
+             else f"{cf.VENDORED_SUITE} (it is part of the repository: restore it)"))
 GROUPS = sorted(p.stem for p in (SUITE / "cql").glob("*.xml")) if SUITE else ["(suite absent)"]
 
 
@@ -92,7 +94,7 @@ def test_known_failure_list_is_well_formed() -> None:
 @pytest.fixture(scope="module")
 def suite() -> dict[str, list[cf.ConformanceTest]]:
     if SUITE is None:
-        pytest.skip(ABSENT)
+        pytest.fail(ABSENT, pytrace=False)
     return cf.load_suite(SUITE)
 
 
