@@ -1,0 +1,135 @@
+// The patient's record as the compiled engine reads it: cql-exec-fhir's own FHIR objects (the
+// reference engine's data model: choice types, primitives with extensions, System conversions),
+// made once per call and shared by every retrieve of every library, and their properties read
+// once per object. FHIRObject.get(path) is a pure function of the wrapped JSON, so caching it
+// changes nothing but the time spent building wrappers (most of a reference evaluation).
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+const cql = require("cql-execution");
+const cqlfhir = require("cql-exec-fhir");
+
+const probe = cqlfhir.PatientSource.FHIRv401();
+probe.loadBundles([{ resourceType: "Bundle", entry: [{ resource: { resourceType: "Patient", id: "probe" } }] }]);
+const FHIR_PROTO = Object.getPrototypeOf(Object.getPrototypeOf(probe.currentPatient()));
+const hasOwn = Object.prototype.hasOwnProperty;
+
+export function isFhirObject(value) {
+  return value !== null && typeof value === "object" && FHIR_PROTO.isPrototypeOf(value);
+}
+
+/** Per worker: the type hierarchies of FHIR types (see Scope.matchesNamedTypeSpecifier). */
+export class FhirModel {
+  constructor() {
+    this.source = cqlfhir.PatientSource.FHIRv401();
+    this.hierarchies = new WeakMap();
+  }
+
+  hierarchy(obj) {
+    const info = obj.getTypeInfo();
+    if (info == null) return obj._typeHierarchy();
+    let h = this.hierarchies.get(info);
+    if (h === undefined) {
+      h = obj._typeHierarchy();
+      this.hierarchies.set(info, h);
+    }
+    return h;
+  }
+
+  /** The patient (cql-exec-fhir's Patient object) of a bundle, as the reference executor makes it. */
+  patientOf(bundle) {
+    this.source.reset();
+    this.source.loadBundles([bundle]);
+    const patient = this.source.currentPatient();
+    this.source.reset();
+    return patient;
+  }
+}
+
+/** What one evaluate call shares across libraries: record index, property cache, time, codes. */
+export class CallData {
+  constructor(model, bundle, executionDateTime, codeService) {
+    this.model = model;
+    this.patient = bundle ? model.patientOf(bundle) : null;
+    this.executionDateTime = executionDateTime ?? cql.DateTime.fromJSDate(new Date());
+    this.codeService = codeService;
+    this.byType = new Map();
+    this.props = new Map();
+    this.codes = new Map();
+  }
+
+  /** Every resource of a FHIR data type (`{http://hl7.org/fhir}Observation`), wrapped once. */
+  records(datatype) {
+    let list = this.byType.get(datatype);
+    if (list === undefined) {
+      list = this.patient.findRecords(datatype, { datatype });
+      this.byType.set(datatype, list);
+    }
+    return list;
+  }
+
+  /** `obj.get(path)`, once per object and path. */
+  get(obj, path) {
+    let cache = this.props.get(obj);
+    if (cache === undefined) {
+      cache = new Map();
+      this.props.set(obj, cache);
+    }
+    let value = cache.get(path);
+    if (value === undefined && !cache.has(path)) {
+      value = obj.get(path);
+      cache.set(path, value);
+    }
+    return value;
+  }
+
+  /** `record.getCode(property)`, once per record and property. */
+  code(record, property) {
+    let cache = this.codes.get(record);
+    if (cache === undefined) {
+      cache = new Map();
+      this.codes.set(record, cache);
+    }
+    let value = cache.get(property);
+    if (value === undefined && !cache.has(property)) {
+      value = record.getCode(property);
+      cache.set(property, value);
+    }
+    return value;
+  }
+
+  fhirIs(val, spec) {
+    // FHIRObject._is, with the hierarchy built once per type.
+    return this.model.hierarchy(val).some((t) => t.type === spec.type && t.name == spec.name); // eslint-disable-line eqeqeq
+  }
+}
+
+/**
+ * The reference engine's Property semantics (cql-execution elm/structured.js Property.exec and
+ * getPropertyFromObject), with FHIR objects read through the call's cache.
+ */
+export function propertyOf(call, obj, path, dotted) {
+  let val = readProperty(call, obj, path);
+  if (val == null) {
+    if (!dotted) return null;
+    let curr = obj;
+    for (const part of path.split(".")) {
+      const o = readProperty(call, curr, part);
+      curr = o instanceof Function ? o.call(curr) : o;
+    }
+    val = curr != null ? curr : null;
+  }
+  return val instanceof Function ? val.call(obj) : val;
+}
+
+function readProperty(call, obj, path) {
+  if (obj == null) return undefined;
+  if (FHIR_PROTO.isPrototypeOf(obj)) {
+    // A FHIR object answers its element names through getters that call this.get(name), and
+    // anything else (explicit choice names, dotted paths) through obj.get(path) as well.
+    if (hasOwn.call(obj, path) || !(path in obj)) return call.get(obj, path);
+  }
+  let val = obj[path];
+  if (val === undefined && typeof obj.get === "function") val = obj.get(path);
+  return val;
+}
