@@ -64,10 +64,15 @@ class Engine:
         timeout: float = 10.0,
         trim: bool = True,
         command: Sequence[str] | None = None,
+        engine: str | None = None,
+        patches: str | None = None,
     ) -> None:
+        """`engine`: "compiled" or "reference" (default $TRIAL_CDS_ENGINE, else compiled);
+        `patches`: the reference engine's patches (default $TRIAL_CDS_ENGINE_PATCHES, else all)."""
         self.libraries = {k: dict(v) for k, v in libraries.items()}
         self.trim = trim
-        self.pool = WorkerPool(self.libraries, size=pool_size, timeout=timeout, command=command)
+        self.pool = WorkerPool(self.libraries, size=pool_size, timeout=timeout, command=command,
+                               engine=engine, patches=patches)
         self._requirements: dict[frozenset[str], dict[str, elm_mod.TypeRequirement]] = {}
         # Cost of evaluating a library grows with its ELM; used to balance a split call.
         self._weight = {name: len(json.dumps(doc)) for name, doc in self.libraries.items()}
