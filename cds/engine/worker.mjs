@@ -12,7 +12,8 @@
 //    "executionDateTime": "2026-01-01T00:00:00Z", "parameters": {lib: {name: value}},
 //    "defines": {lib: [define, ...]},           (optional: return only these defines)
 //    "engine": ..., "fallback": true}           (optional: this request's engine; fallback=false
-//                                                 returns the compiled engine's own error)
+//                                                 answers with the compiled engine alone: its
+//                                                 own error, Divergence, or "not compiled")
 //   {"id", "op": "compare", "libraries": [...], "records": [{"bundle", "executionDateTime"}, ...]}
 //      both engines on every record, every define compared as encoded JSON (differential tests)
 //   {"id", "op": "ping"}
@@ -96,13 +97,18 @@ async function run(req, libraries, at, engine, fallback) {
   let viaReference = libraries;
   if (engine === "compiled") {
     const part = { ...req, libraries: libraries.filter((name) => state.compiled.accepts({ ...req, libraries: [name] })) };
+    if (!fallback && part.libraries.length < libraries.length) {
+      const left = libraries.filter((name) => !part.libraries.includes(name));
+      const why = left.map((name) => `${name}: ${(state.compiledLoad.fallback[name] || ["parameters passed in"]).join("; ")}`);
+      throw new Error(`not run by the compiled engine: ${why.join(" | ")}`);
+    }
     if (part.libraries.length) {
       try {
         Object.assign(results, state.compiled.evaluate(part, at));
         ran.compiled = part.libraries;
         viaReference = libraries.filter((name) => !part.libraries.includes(name));
       } catch (err) {
-        if (!fallback && !(err instanceof Divergence)) throw err;
+        if (!fallback) throw err;
         const key = `${err.name}: ${err.message}`;
         if (!state.warned.has(key)) {
           state.warned.add(key);

@@ -50,6 +50,19 @@ const CONVERT_TO = {
 let sync = null;
 let operatorSafety = null;
 
+/**
+ * An ELM node the reference engine has no class for (HighBoundary, ProperIn, Descendents ...):
+ * its builder makes `null` of it, and what that null then does depends on where it sits (a
+ * define of it is undefined, a Property of it is null, a where clause of it filters nothing, an
+ * operand of it fails when executed). The compiler reproduces each of those, not the meaning
+ * the ELM node has in CQL: the reference engine is the oracle.
+ */
+function isNullNode(json) {
+  return json != null && json.type !== "FunctionRef" && json.type !== "Literal" && typeof sync.E[json.type] !== "function";
+}
+
+const EXECUTE_NULL = new TypeError("Cannot read properties of null (reading 'execute')");
+
 /** Which operator classes may run with a Scope as their context (see SCOPE_MEMBERS). */
 function operatorIsSafe(type) {
   if (operatorSafety === null) operatorSafety = new Map();
@@ -253,7 +266,7 @@ export class Program {
     def.compiling = true;
     const expr = def.json.expression;
     const c = new Compiler(this, def.lib);
-    def.fn = expr == null ? () => undefined : c.compile(expr, new Env(null, []));
+    def.fn = expr == null || isNullNode(expr) ? () => undefined : c.compile(expr, new Env(null, []));
     def.compiling = false;
     return def.fn;
   }
@@ -319,7 +332,13 @@ class Compiler {
     const method = this[`c${type}`];
     if (method) return method.call(this, json, env);
     if (CONVERTS_TO[type]) return this.convertsTo(json, env, CONVERTS_TO[type]);
+    if (isNullNode(json)) return failing(EXECUTE_NULL); // see isNullNode
     return this.operator(json, env, inst);
+  }
+
+  /** A child the reference engine reads as absent when its builder makes null of it. */
+  optional(json, env) {
+    return json == null || isNullNode(json) ? null : this.compile(json, env);
   }
 
   /** An operator: the reference engine's class, its children replaced by compiled closures. */
@@ -402,7 +421,7 @@ class Compiler {
   }
 
   cTuple(json, env) {
-    const els = (json.element || []).map((el) => ({ name: el.name, fn: el.value != null ? this.compile(el.value, env) : null }));
+    const els = (json.element || []).map((el) => ({ name: el.name, fn: this.optional(el.value, env) }));
     return (s) => {
       const val = {};
       for (const el of els) val[el.name] = el.fn !== null ? el.fn(s) : undefined;
@@ -414,12 +433,13 @@ class Compiler {
   // reference engine (elm/datetime.js); compiled once here, same arguments in the same order.
   cDateTime(json, env) {
     const props = ["year", "month", "day", "hour", "minute", "second", "millisecond", "timezoneOffset"];
-    const fns = props.map((p) => (json[p] != null ? this.compile(json[p], env) : null));
+    const fns = props.map((p) => this.optional(json[p], env));
+    const tzGiven = json.timezoneOffset != null; // a node of it, even one built as null
     return (s) => {
       const args = new Array(8);
       for (let i = 0; i < 7; i++) args[i] = fns[i] !== null ? fns[i](s) : undefined;
-      if (fns[7] !== null) {
-        args[7] = fns[7](s);
+      if (tzGiven) {
+        args[7] = fns[7] !== null ? fns[7](s) : undefined;
       } else {
         const offset = s.getTimezoneOffset();
         if (offset == null) throw new Divergence("DateTime selector without an offset and no execution offset");
@@ -430,7 +450,7 @@ class Compiler {
   }
 
   cDate(json, env) {
-    const fns = ["year", "month", "day"].map((p) => (json[p] != null ? this.compile(json[p], env) : null));
+    const fns = ["year", "month", "day"].map((p) => this.optional(json[p], env));
     return (s) => new dt.Date(...fns.map((f) => (f !== null ? f(s) : undefined)));
   }
 
@@ -751,7 +771,7 @@ class Compiler {
       const at = env.lookup(json.scope);
       if (!at) throw new Unsupported(`${this.lib.name}: property scope ${json.scope} is not in scope`);
       source = slotReader(at.hops, at.index, `alias ${json.scope}`);
-    } else if (json.source != null) {
+    } else if (json.source != null && !isNullNode(json.source)) {
       source = this.compile(json.source, env);
     } else {
       source = constant(undefined);
@@ -768,8 +788,8 @@ class Compiler {
     const datatype = json.dataType;
     const codeProperty = json.codeProperty;
     const dateProperty = json.dateProperty;
-    const codes = json.codes != null ? this.compile(json.codes, env) : null;
-    const dateRange = json.dateRange != null ? this.compile(json.dateRange, env) : null;
+    const codes = this.optional(json.codes, env);
+    const dateRange = this.optional(json.dateRange, env);
     return (s) => {
       const ev = s.ev;
       if (ev.unfiltered) throw new Exception("Retrieves are not currently supported in Unfiltered Context");
@@ -819,7 +839,7 @@ class Compiler {
     const frame = new Env(env, names);
     const letFns = (json.let || []).map((l) => this.compile(l.expression, frame));
     const relFns = (json.relationship || []).map((r) => this.relationship(r, frame));
-    const where = json.where != null ? this.compile(json.where, frame) : null;
+    const where = this.optional(json.where, frame);
     const ret = json.return != null ? this.compile(json.return.expression, frame) : null;
     const aggregate = json.aggregate != null ? this.aggregate(json.aggregate, names, env) : null;
     const sort = json.sort != null ? this.sort(json.sort, env) : null;
