@@ -150,7 +150,7 @@ async function compare(req) {
   const missing = libraries.filter((name) => !state.compiled.accepts({ libraries: [name] }));
   if (missing.length) throw new Error(`not compiled: ${missing.join(", ")}`);
   const limit = req.limit ?? 20;
-  const report = { records: 0, defines: 0, bothFailed: 0, divergences: 0, mismatches: [] };
+  const report = { records: 0, defines: 0, bothFailed: 0, divergences: 0, referenceMs: 0, compiledMs: 0, mismatches: [] };
   for (const [index, record] of (req.records || []).entries()) {
     const one = { bundle: record.bundle ?? null, executionDateTime: record.executionDateTime, libraries };
     const at = executionTime(one);
@@ -159,17 +159,21 @@ async function compare(req) {
     let actual = null;
     let expectedError = null;
     let actualError = null;
+    let t0 = performance.now();
     try {
       expected = await state.reference.evaluate(one, libraries, at);
     } catch (err) {
       expectedError = String(err && err.message || err);
     }
+    report.referenceMs += performance.now() - t0;
+    t0 = performance.now();
     try {
       actual = state.compiled.evaluate(one, at);
     } catch (err) {
       if (err instanceof Divergence) report.divergences++;
       actualError = `${err.name}: ${err.message}`;
     }
+    report.compiledMs += performance.now() - t0;
     report.records++;
     if (expectedError !== null || actualError !== null) {
       if (expectedError !== null && actualError !== null) report.bothFailed++;

@@ -113,7 +113,7 @@ class LibraryInfo {
     for (const d of defs(elm, "statements")) {
       if (d.type === "FunctionDef") {
         if (!this.functions.has(d.name)) this.functions.set(d.name, []);
-        this.functions.get(d.name).push({ json: d, lib: this, body: null, compiling: false });
+        this.functions.get(d.name).push({ json: d, lib: this, body: null, compiling: false, id: -1 });
       } else {
         this.defines.set(d.name, { json: d, lib: this, index: this.defines.size, fn: null, compiling: false });
       }
@@ -217,6 +217,11 @@ export class Program {
     }
     this.problems = new Map();
     this.compiled = new Map();
+    // Each CQL function gets a number: an evaluation keeps its results in an array by it.
+    this.functionCount = 0;
+    for (const info of this.libraries) {
+      for (const overloads of info.functions.values()) for (const f of overloads) f.id = this.functionCount++;
+    }
     this.jsonOf = sync.jsonOf;
     this.instOf = sync.instOf;
     this.build = sync.build;
@@ -461,44 +466,56 @@ class Compiler {
     return this.compile(json.operand, env);
   }
 
-  // DurationBetween / DifferenceBetween: the reference's operator, its result remembered by the
-  // two points' fields and the precision. Computing it goes through Luxon's diff (~50 us), and
-  // the same pairs of dates recur across criteria and trials. The operator is a pure function
-  // of those fields (a DateTime or Date holds nothing else), so the remembered value is the
-  // value it would compute.
+  // Date and time arithmetic: the reference's operators, each result remembered by the values
+  // of its two operands. DurationBetween / DifferenceBetween (two points) and Add / Subtract of
+  // a quantity to a point go through Luxon (15-60 us each), and the same operands recur
+  // (`Now() - 90 days` for every observation of every criterion, the same course dates in
+  // several trials). The key is every field of both operands (a DateTime, a Date or a Quantity
+  // holds nothing else), and the operators are pure functions of those fields, so a remembered
+  // result is the result they would compute.
   cDurationBetween(json, env) {
-    return this.betweenOperator(json, env);
+    return this.rememberedBinary(json, env, pointKey, pointKey);
   }
 
   cDifferenceBetween(json, env) {
-    return this.betweenOperator(json, env);
+    return this.rememberedBinary(json, env, pointKey, pointKey);
   }
 
-  betweenOperator(json, env) {
-    const [left, right] = (json.operand || []).map((o) => this.compile(o, env));
-    if (!left || !right || json.operand.length !== 2) return this.operator(json, env);
+  cAdd(json, env) {
+    return this.rememberedBinary(json, env, pointKey, quantityKey);
+  }
+
+  cSubtract(json, env) {
+    return this.rememberedBinary(json, env, pointKey, quantityKey);
+  }
+
+  rememberedBinary(json, env, leftKey, rightKey) {
+    if (!Array.isArray(json.operand) || json.operand.length !== 2 || json.operand.some(isNullNode)) {
+      return this.operator(json, env);
+    }
+    const [left, right] = json.operand.map((o) => this.compile(o, env));
     const slot = [undefined, undefined];
     const inst = this.program.build({ ...json, operand: [{ type: "Null" }, { type: "Null" }] });
+    this.program.prepared.add(inst);
     inst.args = [new Thunk(inst.args[0], () => slot[0]), new Thunk(inst.args[1], () => slot[1])];
     const tag = `${json.type}|${json.precision}|`;
+    const run = (s, a, b) => {
+      slot[0] = a;
+      slot[1] = b;
+      return inst.exec(s);
+    };
     return (s) => {
       const a = left(s);
       const b = right(s);
-      const ka = pointKey(a);
-      const kb = ka === null ? null : pointKey(b);
-      if (kb === null) {
-        slot[0] = a;
-        slot[1] = b;
-        return inst.exec(s);
-      }
+      const ka = leftKey(a);
+      const kb = ka === null ? null : rightKey(b);
+      if (kb === null) return run(s, a, b);
       const key = tag + ka + "|" + kb;
-      let v = BETWEEN.get(key);
-      if (v === undefined && !BETWEEN.has(key)) {
-        slot[0] = a;
-        slot[1] = b;
-        v = inst.exec(s);
-        if (BETWEEN.size >= 20000) BETWEEN.clear();
-        BETWEEN.set(key, v);
+      let v = REMEMBERED.get(key);
+      if (v === undefined && !REMEMBERED.has(key)) {
+        v = run(s, a, b);
+        if (REMEMBERED.size >= 50000) REMEMBERED.clear();
+        REMEMBERED.set(key, v);
       }
       return v;
     };
@@ -608,7 +625,7 @@ class Compiler {
       // The reference engine's choice (FunctionRef.exec): the overloads whose operand types
       // match every non-null argument, and of those the last. It depends only on the
       // arguments' runtime types, so it is remembered per combination of types.
-      const key = memoable ? typeKey(values) : null;
+      const key = !memoable ? null : n === 1 ? typeToken(values[0]) : typeKey(values);
       let f = key !== null ? chosen.get(key) : undefined;
       if (f === undefined) {
         const matching = overloads.filter((_, k) => {
@@ -813,11 +830,7 @@ class Compiler {
         // Retrieve.recordMatchesCodesOrVS with the project's fix for code-list defines (a
         // list of lists: any of these codes), as cds/engine/patches/retrieve-code-lists.mjs.
         if (Array.isArray(wanted)) {
-          const flat = wanted.flat(Infinity);
-          records = records.filter((r) => {
-            const code = call.code(r, codeProperty);
-            return flat.some((c) => c.hasMatch(code));
-          });
+          records = records.filter((r) => call.matchesAny(wanted, call.code(r, codeProperty)));
         } else {
           records = records.filter((r) => wanted.hasMatch(call.code(r, codeProperty)));
         }
@@ -985,7 +998,7 @@ function columnValue(values, name) {
   return val instanceof Function ? val.call(values) : val;
 }
 
-const BETWEEN = new Map();
+const REMEMBERED = new Map();
 
 /** A key made of every field of a DateTime or Date (null for any other value). */
 function pointKey(v) {
@@ -995,6 +1008,13 @@ function pointKey(v) {
   }
   if (v.constructor === dt.Date) return `D${v.year},${v.month},${v.day}`;
   return null;
+}
+
+/** A key made of the fields of a Quantity (null for any other value). */
+function quantityKey(v) {
+  if (v === null || typeof v !== "object" || v.constructor !== dt.Quantity) return null;
+  if (typeof v.value !== "number" || (v.unit != null && typeof v.unit !== "string")) return null;
+  return `Q${v.value}|${v.unit}`;
 }
 
 function cartesian(lists) {
@@ -1009,6 +1029,18 @@ function isHolder(value) {
   // Node fields hold primitives, ELM JSON fragments, child nodes, arrays of them, and holder
   // objects (Case's CaseItem, Instance's Element, Tuple's {name, value}); never datatypes.
   return !(value instanceof sync.Expression);
+}
+
+/** typeKey of one argument, without building a string (a FHIR object's type info itself). */
+function typeToken(v) {
+  if (v === null) return "n";
+  if (v === undefined) return "u";
+  const t = typeof v;
+  if (t === "string") return "s";
+  if (t === "boolean") return "b";
+  if (t === "number") return Math.floor(v) === v ? "i" : "d";
+  if (t === "object" && v._typeInfo !== undefined && typeof v._is === "function") return v._typeInfo;
+  return null;
 }
 
 /** Keys of argument types for which an overload choice can be remembered (see cFunctionRef). */
@@ -1031,12 +1063,18 @@ function typeKey(values) {
 
 /** Call a compiled CQL function: each result is kept for the evaluation (CQL functions are pure). */
 function invoke(ev, f, args) {
-  let memo = ev.memo.get(f);
+  const n = args.length;
+  let memo = ev.memo[f.id];
+  if (n === 0) {
+    if (memo !== undefined) return memo.value;
+    const value = f.body(new Scope(ev, null, args));
+    ev.memo[f.id] = { value };
+    return value;
+  }
   if (memo === undefined) {
     memo = new Map();
-    ev.memo.set(f, memo);
+    ev.memo[f.id] = memo;
   }
-  const n = args.length;
   let node = memo;
   for (let i = 0; i < n - 1; i++) {
     let next = node.get(args[i]);
@@ -1046,8 +1084,9 @@ function invoke(ev, f, args) {
     }
     node = next;
   }
-  const last = n > 0 ? args[n - 1] : EMPTY;
-  if (node.has(last)) return node.get(last);
+  const last = args[n - 1];
+  const found = node.get(last);
+  if (found !== undefined || node.has(last)) return found;
   const value = f.body(new Scope(ev, null, args));
   node.set(last, value);
   return value;

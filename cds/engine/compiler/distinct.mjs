@@ -60,12 +60,13 @@ export function makeToDistinctList(upstream) {
     for (let i = 0; i < n; i++) {
       const v = list[i];
       if (v !== null && typeof v === "object") {
-        if (v.constructor === dt.Code && isPrimitive(v.code) && isPrimitive(v.system) && isPrimitive(v.version)
-            && isPrimitive(v.display)) {
-          // Map{code, system, version, display}: each field's key is the field itself (null for undefined)
-          keys[i] = JSON.stringify([v.code ?? null, v.system ?? null, v.version ?? null, v.display ?? null]);
-          isCode[i] = true;
-          continue;
+        if (v.constructor === dt.Code) {
+          const k = codeKey(v);
+          if (k !== null) {
+            keys[i] = k;
+            isCode[i] = true;
+            continue;
+          }
         }
         if (Array.isArray(v) || Object.getPrototypeOf(v) === Object.prototype) {
           flat = false;
@@ -100,6 +101,21 @@ export function makeToDistinctList(upstream) {
     }
     return out;
   };
+}
+
+// Map{code, system, version, display}: each field's key is the field itself (null for
+// undefined). Codes are mostly the libraries' constants: their key is kept (a Code's fields are
+// never changed after it is made).
+const codeKeys = new WeakMap();
+
+function codeKey(c) {
+  let k = codeKeys.get(c);
+  if (k === undefined) {
+    k = isPrimitive(c.code) && isPrimitive(c.system) && isPrimitive(c.version) && isPrimitive(c.display)
+      ? JSON.stringify([c.code ?? null, c.system ?? null, c.version ?? null, c.display ?? null]) : null;
+    codeKeys.set(c, k);
+  }
+  return k;
 }
 
 function isPrimitive(v) {

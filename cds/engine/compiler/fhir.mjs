@@ -13,6 +13,8 @@ const probe = cqlfhir.PatientSource.FHIRv401();
 probe.loadBundles([{ resourceType: "Bundle", entry: [{ resource: { resourceType: "Patient", id: "probe" } }] }]);
 const FHIR_PROTO = Object.getPrototypeOf(Object.getPrototypeOf(probe.currentPatient()));
 const hasOwn = Object.prototype.hasOwnProperty;
+const dt = require("cql-execution/lib/datatypes/datatypes");
+const { Code } = dt;
 
 export function isFhirObject(value) {
   return value !== null && typeof value === "object" && FHIR_PROTO.isPrototypeOf(value);
@@ -56,6 +58,7 @@ export class CallData {
     this.byType = new Map();
     this.props = new Map();
     this.codes = new Map();
+    this.indexes = new Map();
   }
 
   /** Every resource of a FHIR data type (`{http://hl7.org/fhir}Observation`), wrapped once. */
@@ -98,10 +101,77 @@ export class CallData {
     return value;
   }
 
+  /**
+   * Does `recordCode` match any code of `codes` (Retrieve's code filter)? A list of plain codes
+   * is indexed once per call by code and system: the same answer as testing each code's
+   * hasMatch (equal code and system, or a string equal to the code), in one lookup per coding.
+   */
+  matchesAny(codes, recordCode) {
+    // `[Observation: "Some Codes"]` arrives as ToList("Some Codes"): a new one-element list
+    // around the define's (cached) list at each retrieve; index the define's list.
+    const key = codes.length === 1 && Array.isArray(codes[0]) ? codes[0] : codes;
+    let index = this.indexes.get(key);
+    if (index === undefined) {
+      index = CodeIndex.of(codes.flat(Infinity));
+      this.indexes.set(key, index);
+    }
+    if (index === null) return codes.flat(Infinity).some((c) => c.hasMatch(recordCode));
+    return index.matches(recordCode);
+  }
+
   fhirIs(val, spec) {
     // FHIRObject._is, with the hierarchy built once per type.
     return this.model.hierarchy(val).some((t) => t.type === spec.type && t.name == spec.name); // eslint-disable-line eqeqeq
   }
+}
+
+/** Codes by code then system; null from `of` when some element is not a plain Code. */
+export class CodeIndex {
+  static of(list) {
+    const bySystem = new Map();
+    for (const c of list) {
+      if (c === null || typeof c !== "object" || c.constructor !== Code || hasOwn.call(c, "hasMatch")) return null;
+      if (typeof c.code !== "string" || !(c.system == null || typeof c.system === "string")) return null;
+      let systems = bySystem.get(c.code);
+      if (systems === undefined) {
+        systems = new Set();
+        bySystem.set(c.code, systems);
+      }
+      systems.add(c.system);
+    }
+    return new CodeIndex(bySystem);
+  }
+
+  constructor(bySystem) {
+    this.bySystem = bySystem;
+  }
+
+  /** clinical.js codesInList(toCodeList(code), codes), for the indexed codes. */
+  matches(code) {
+    for (const c1 of toCodeList(code)) {
+      if (typeof c1 === "string") {
+        if (this.bySystem.has(c1)) return true;
+      } else if (c1 != null) {
+        const systems = this.bySystem.get(c1.code);
+        if (systems !== undefined && (typeof c1.system === "string" || c1.system == null) && systems.has(c1.system)) {
+          return true;
+        }
+      }
+    }
+    return false;
+  }
+}
+
+/** clinical.js toCodeList. */
+function toCodeList(c) {
+  if (c == null) return [];
+  if (Array.isArray(c)) {
+    let list = [];
+    for (const c2 of c) list = list.concat(toCodeList(c2));
+    return list;
+  }
+  if (Array.isArray(c.codes)) return c.codes;
+  return [c];
 }
 
 /**

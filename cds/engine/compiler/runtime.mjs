@@ -97,7 +97,7 @@ export class Evaluation {
     this.codeService = call.codeService;
     this.messageListener = new NullMessageListener();
     this.values = program.libraries.map((lib) => new Array(lib.defineCount).fill(UNSET));
-    this.memo = new Map();
+    this.memo = new Array(program.functionCount);
     this.root = new Scope(this, null, EMPTY);
   }
 }
