@@ -83,7 +83,9 @@ class JsonLinesProcess:
             pass
 
     def _why_dead(self) -> str:
-        tail = " | ".join(list(self.stderr_tail)[-3:])
+        lines = list(self.stderr_tail)
+        errors = [ln for ln in lines if ln.lower().startswith("error")]
+        tail = " | ".join(errors[-2:] or lines[-3:])
         return f"; its last words: {tail[-600:]}" if tail else ""
 
     def call(self, message: Mapping[str, Any], timeout: float) -> dict[str, Any]:

@@ -38,7 +38,14 @@ console.log = (...args) => process.stderr.write(args.map(String).join(" ") + "\n
 console.warn = console.log;
 console.info = console.log;
 
-applyPatches(selectPatches(process.env.TRIAL_CDS_ENGINE_PATCHES));
+// A patch that does not fit the installed packages (or an unknown patch name) refuses to start
+// the worker, with one clear line for the pool to quote.
+try {
+  applyPatches(selectPatches(process.env.TRIAL_CDS_ENGINE_PATCHES));
+} catch (err) {
+  process.stderr.write(`error: ${err.message}\n`);
+  process.exit(1);
+}
 
 const ENGINES = new Set(["compiled", "reference"]);
 
