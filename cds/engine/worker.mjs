@@ -17,8 +17,10 @@
 //   {"id", "op": "compare", "libraries": [...], "records": [{"bundle", "executionDateTime"}, ...]}
 //      both engines on every record, every define compared as encoded JSON (differential tests)
 //   {"id", "op": "ping"}
-// Replies: {"id", "ok": true, ...} or {"id", "ok": false, "error": "..."}. Nothing but reply
-// lines is ever written to stdout (the Python pool treats anything else as a broken worker).
+// Replies: {"id", "ok": true, ...} or {"id", "ok": false, "error": "..."}; an evaluate reply
+// also says which engine ran each library ("ran") and the worker CPU it took ("cpuMs").
+// Nothing but reply lines is ever written to stdout (the Python pool treats anything else as a
+// broken worker).
 //
 // TRIAL_CDS_ENGINE_PATCHES picks the reference engine's patches (patches/index.mjs).
 import readline from "node:readline";
@@ -133,6 +135,7 @@ async function run(req, libraries, at, engine, fallback) {
 
 async function evaluate(req) {
   if (!state.loaded) throw new Error("no libraries loaded");
+  const cpu = process.cpuUsage();
   const at = executionTime(req);
   if (req.bundle) sanitizeQuantities(req.bundle);
   const libraries = req.libraries || [];
@@ -143,7 +146,8 @@ async function evaluate(req) {
     const wanted = req.defines && req.defines[name] ? new Set(req.defines[name]) : null;
     out[name] = encodeResults(results[name], wanted, req.includePatient);
   }
-  return { results: out, ran };
+  const used = process.cpuUsage(cpu);
+  return { results: out, ran, cpuMs: (used.user + used.system) / 1000 };
 }
 
 /**

@@ -126,19 +126,14 @@ function isPrimitive(v) {
 /**
  * True when toNormalizedKey(v) certainly returns (so a one-element list needs no key): values
  * made of primitives, codes, tuples and lists of them, DateTimes already at offset 0 (their
- * key reads their fields), and FHIR objects when their key is their JSON text.
+ * key reads their fields), quantities whose key was computed before, and FHIR objects when
+ * their key is their JSON text. Anything else (an interval: its key closes it, which can fail)
+ * is encoded, as a longer list's elements are.
  */
 function keyCannotFail(v, fhirKeyIsText, toKey) {
   if (v === null || typeof v !== "object") return typeof v !== "symbol" && typeof v !== "bigint";
   const ctor = v.constructor;
   if (ctor === dt.Code) return true;
-  if (ctor === dt.Interval) {
-    // the reference's key closes the interval first (which can fail: successor of the maximum)
-    const closed = v.toClosed();
-    if (Object.getOwnPropertySymbols(closed).length) return false;
-    for (const k of Object.keys(closed)) if (!keyCannotFail(closed[k], fhirKeyIsText, toKey)) return false;
-    return true;
-  }
   if (ctor === dt.Quantity) return quantityKeyKnown(v, toKey);
   if (ctor === dt.DateTime) return !(typeof v.timezoneOffset === "number" && v.timezoneOffset !== 0);
   if (v._typeInfo !== undefined && hasOwn.call(v, "_json")) return fhirKeyIsText;
@@ -167,24 +162,33 @@ function quantityKeyKnown(q, toKey) {
   return true;
 }
 
+// Encodings of values whose fields never change once made (datatypes and FHIR objects), per
+// key function (the fhir-distinct-keys patch changes a FHIR object's key). An Interval's key
+// closes it first, through Luxon for date-times (~0.1 ms): the same intervals recur in many
+// lists. A computation that throws is not kept (it throws again, as the reference would).
+const encodings = new WeakMap();
+
+function cacheFor(toKey) {
+  let cache = encodings.get(toKey);
+  if (cache === undefined) {
+    cache = new WeakMap();
+    encodings.set(toKey, cache);
+  }
+  return cache;
+}
+
 class Encoder {
   constructor(toKey) {
     this.toKey = toKey;
-    this.strings = new Map();
+    this.cache = cacheFor(toKey);
   }
 
   /** The encoded key of a key value (what toNormalizedKey returned). */
   key(k) {
     if (k === null || k === undefined) return "n";
     switch (typeof k) {
-      case "string": {
-        let id = this.strings.get(k);
-        if (id === undefined) {
-          id = this.strings.size;
-          this.strings.set(k, id);
-        }
-        return `s${id}`;
-      }
+      case "string":
+        return JSON.stringify(k);
       case "number":
         return Number.isNaN(k) ? "dNaN" : `d${k}`; // String(-0) === "0", as 0 === -0
       case "boolean":
@@ -221,7 +225,7 @@ class Encoder {
   map(entries, sorted = false) {
     if (!sorted) entries.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
     let out = "M{";
-    for (let i = 0; i < entries.length; i++) out += `${i ? "," : ""}${this.key(entries[i][0])}:${entries[i][1]}`;
+    for (let i = 0; i < entries.length; i++) out += `${i ? "," : ""}${JSON.stringify(entries[i][0])}:${entries[i][1]}`;
     return out + "}";
   }
 
@@ -247,15 +251,28 @@ class Encoder {
     const ctor = v.constructor;
     if (ctor === Array) {
       if (Object.getOwnPropertySymbols(v).length) return BAIL;
-      const items = [];
+      let out = "L[";
       for (let i = 0; i < v.length; i++) {
         if (!(i in v)) return BAIL;
         const e = this.value(v[i]);
         if (e === BAIL) return BAIL;
-        items.push(e);
+        out += (i ? "," : "") + e;
       }
-      return `L[${items.join(",")}]`;
+      return out + "]";
     }
+    if (Object.getPrototypeOf(v) === Object.prototype) {
+      if (Object.prototype.hasOwnProperty.call(v, "constructor") || v._typeHierarchy !== undefined) return this.key(this.toKey(v));
+      return this.fields(v, Object); // a tuple: the reference's default branch
+    }
+    let e = this.cache.get(v);
+    if (e === undefined) {
+      e = this.datatype(v, ctor);
+      this.cache.set(v, e);
+    }
+    return e;
+  }
+
+  datatype(v, ctor) {
     if (ctor === dt.Code) {
       const fields = [["__instance", this.key(dt.Code)], ["code", this.value(v.code)], ["display", this.value(v.display)],
         ["system", this.value(v.system)], ["version", this.value(v.version)]];
@@ -267,10 +284,6 @@ class Encoder {
     }
     if (ctor === dt.Interval) return this.fields(v.toClosed(), dt.Interval);
     if (ctor === dt.Date && v._typeHierarchy === undefined) return this.fields(v, dt.Date); // default branch
-    if (Object.getPrototypeOf(v) === Object.prototype && !Object.prototype.hasOwnProperty.call(v, "constructor")
-        && v._typeHierarchy === undefined) {
-      return this.fields(v, Object); // a tuple: the reference's default branch
-    }
     return this.key(this.toKey(v));
   }
 }

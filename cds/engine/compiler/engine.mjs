@@ -10,13 +10,15 @@ export { Divergence };
 
 export class CompiledEngine {
   constructor() {
-    this.model = new FhirModel();
+    this.model = null;
     this.program = null;
     this.codeService = null;
   }
 
-  /** Compile every library; returns which run compiled and why the others do not. */
+  /** Compile every library; returns which run compiled and why the others do not. Throws when
+   * the compiled engine cannot run at all (packages other than the verified versions). */
   load(libraries, codeService) {
+    this.model = this.model || new FhirModel();
     this.program = new Program(libraries);
     this.codeService = codeService;
     const compiled = Object.keys(libraries).filter((name) => this.program.isCompiled(name));

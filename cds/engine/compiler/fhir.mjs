@@ -1,29 +1,27 @@
 // The patient's record as the compiled engine reads it: cql-exec-fhir's own FHIR objects (the
-// reference engine's data model: choice types, primitives with extensions, System conversions),
-// made once per call and shared by every retrieve of every library, and their properties read
-// once per object. FHIRObject.get(path) is a pure function of the wrapped JSON, so caching it
-// changes nothing but the time spent building wrappers (most of a reference evaluation).
+// reference engine's data model: choice types, primitives with extensions, System conversions;
+// see fhir-model.mjs), made once per call and shared by every retrieve of every library, and
+// their properties read once per object. FHIRObject.get(path) is a pure function of the wrapped
+// JSON, so caching it changes nothing but the time spent building wrappers.
 import { createRequire } from "node:module";
+
+import { loadFhirModel } from "./fhir-model.mjs";
 
 const require = createRequire(import.meta.url);
 const cql = require("cql-execution");
-const cqlfhir = require("cql-exec-fhir");
 
-const probe = cqlfhir.PatientSource.FHIRv401();
-probe.loadBundles([{ resourceType: "Bundle", entry: [{ resource: { resourceType: "Patient", id: "probe" } }] }]);
-const FHIR_PROTO = Object.getPrototypeOf(Object.getPrototypeOf(probe.currentPatient()));
+let FHIR_PROTO = null; // FHIRObject.prototype of the model copy, once a FhirModel exists
 const hasOwn = Object.prototype.hasOwnProperty;
 const dt = require("cql-execution/lib/datatypes/datatypes");
 const { Code } = dt;
 
-export function isFhirObject(value) {
-  return value !== null && typeof value === "object" && FHIR_PROTO.isPrototypeOf(value);
-}
-
-/** Per worker: the type hierarchies of FHIR types (see Scope.matchesNamedTypeSpecifier). */
+/** Per worker: the FHIR 4.0.1 patient source, and the type hierarchies of FHIR types (see
+ * Scope.matchesNamedTypeSpecifier). Throws when cql-exec-fhir is not the verified version. */
 export class FhirModel {
   constructor() {
-    this.source = cqlfhir.PatientSource.FHIRv401();
+    const { PatientSource, FHIRObject } = loadFhirModel();
+    FHIR_PROTO = FHIRObject.prototype;
+    this.source = PatientSource.FHIRv401();
     this.hierarchies = new WeakMap();
   }
 
