@@ -27,7 +27,7 @@ import readline from "node:readline";
 import { createRequire } from "node:module";
 
 import { CompiledEngine, Divergence } from "./compiler/engine.mjs";
-import { encodeResults, toJson } from "./encode.mjs";
+import { encodeResults, sameEncoding, toJson } from "./encode.mjs";
 import { applyPatches, appliedPatches, selectPatches } from "./patches/index.mjs";
 import { ReferenceEngine } from "./reference.mjs";
 import { sanitizeQuantities } from "./sanitize.mjs";
@@ -108,7 +108,8 @@ async function run(req, libraries, at, engine, fallback) {
     const part = { ...req, libraries: libraries.filter((name) => state.compiled.accepts({ ...req, libraries: [name] })) };
     if (!fallback && part.libraries.length < libraries.length) {
       const left = libraries.filter((name) => !part.libraries.includes(name));
-      const why = left.map((name) => `${name}: ${(state.compiledLoad.fallback[name] || ["parameters passed in"]).join("; ")}`);
+      const why = left.map((name) => `${name}: ${(state.compiledLoad.fallback[name]
+        || [state.compiledLoad.compiled.includes(name) ? "parameters passed in" : "not compiled at load"]).join("; ")}`);
       throw new Error(`not run by the compiled engine: ${why.join(" | ")}`);
     }
     if (part.libraries.length) {
@@ -199,9 +200,10 @@ async function compare(req) {
       const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
       for (const define of keys) {
         report.defines++;
-        const ja = JSON.stringify(toJson(a[define]));
-        const jb = JSON.stringify(toJson(b[define]));
-        if (ja !== jb || (define in a) !== (define in b)) {
+        if ((define in a) !== (define in b) || !sameEncoding(a[define], b[define])) {
+          const ja = JSON.stringify(toJson(a[define]));
+          const jb = JSON.stringify(toJson(b[define]));
+          if (ja === jb && (define in a) === (define in b)) continue;
           if (report.mismatches.length < limit) {
             report.mismatches.push({ index, library: name, define, reference: JSON.parse(ja ?? "null"), compiled: JSON.parse(jb ?? "null") });
           } else {

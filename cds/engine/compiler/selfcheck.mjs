@@ -1,5 +1,6 @@
 // Self-check of the compiled engine's distinct-list fast path (distinct.mjs) against
-// cql-execution's own toDistinctList, on random lists made to contain equal-but-different
+// cql-execution's own toDistinctList (and of the differential test's comparison, encode.mjs
+// sameEncoding, against comparing the encoded texts), on random lists made to contain equal-but-different
 // values: the same instant in several offsets, Date vs DateTime, equal quantities in
 // convertible units, tuples with fields in another order or undefined for null, codes differing
 // only in display, FHIR objects of equal JSON, nested lists.
@@ -12,6 +13,7 @@ import { createRequire } from "node:module";
 
 import { applyPatches, selectPatches } from "../patches/index.mjs";
 import { makeToDistinctList } from "./distinct.mjs";
+import { sameEncoding, toJson } from "../encode.mjs";
 
 const require = createRequire(import.meta.url);
 const cql = require("cql-execution");
@@ -109,6 +111,10 @@ for (let i = 0; i < n; i++) {
     continue;
   }
   if (expected.length < list.length) duplicates++;
+  for (let k = 0; k + 1 < list.length; k++) {
+    const same = JSON.stringify(toJson(list[k])) === JSON.stringify(toJson(list[k + 1]));
+    if (sameEncoding(list[k], list[k + 1]) !== same) different.push({ i, sameEncoding: list.map(describe) });
+  }
   if (!same(expected, actual)) different.push({ i, list: list.map(describe), expected: expected.length, actual: actual.length });
 }
 process.stdout.write(JSON.stringify({ lists: n, duplicates, different: different.slice(0, 10) }) + "\n");
