@@ -614,8 +614,8 @@ def report(cat: Catalogue, runs: list[PoolRun], args: argparse.Namespace, load_b
         by = {r.engine: r for r in runs if r.size == size}
         rows: list[tuple[str, list[str], str]] = []
 
-        def row(label: str, figure: Callable[[PoolRun], float], fmt: str, note: str = "",
-                ratio: bool = True) -> None:
+        def row(label: str, figure: Callable[[PoolRun], float], fmt: str, note: str = "", ratio: bool = True,
+                by: dict[str, PoolRun] = by, rows: list[tuple[str, list[str], str]] = rows) -> None:
             values = []
             for e in engines:
                 v = figure(by[e]) if e in by else float("nan")
@@ -623,14 +623,15 @@ def report(cat: Catalogue, runs: list[PoolRun], args: argparse.Namespace, load_b
             rows.append((label, values, (_ratio(by, figure) if ratio else "") + (f"  {note}" if note else "")))
 
         row("cold start (spawn + load + compile + warm-up)", lambda r: r.cold_start_s, "{:.2f} s",
-            f"target <= {TARGET_COLD_S:.0f} s " + " ".join(f"{e}:{_ok(by[e].cold_start_s <= TARGET_COLD_S)}" for e in by))
-        row("  compile time at load (worker)", lambda r: r.compile_ms if r.compile_ms is not None else float("nan"),
-            "{:.0f} ms", ratio=False)
+            f"target <= {TARGET_COLD_S:.0f} s "
+            + " ".join(f"{e}:{_ok(by[e].cold_start_s <= TARGET_COLD_S)}" for e in by))
+        row("  compile time at load (worker)",
+            lambda r: r.compile_ms if r.compile_ms is not None else float("nan"), "{:.0f} ms", ratio=False)
         row("worker CPU per patient p50", lambda r: percentile(r.cpu_ms, 50), "{:.2f} ms")
         row("worker CPU per patient p95", lambda r: percentile(r.cpu_ms, 95), "{:.2f} ms",
             "target: compiled/reference <= 0.050 (20x less CPU)")
-        row("patients/s per core (1000 / mean CPU)", lambda r: 1000 / statistics.mean(r.cpu_ms) if r.cpu_ms else float("nan"),
-            "{:.0f}")
+        row("patients/s per core (1000 / mean CPU)",
+            lambda r: 1000 / statistics.mean(r.cpu_ms) if r.cpu_ms else float("nan"), "{:.0f}")
         row("Python API latency p50 (one caller)", lambda r: percentile(r.latencies_ms, 50), "{:.1f} ms")
         row("Python API latency p95", lambda r: percentile(r.latencies_ms, 95), "{:.1f} ms",
             f"target <= {TARGET_P95_MS:.0f} ms " + " ".join(

@@ -287,7 +287,8 @@ class WorkerPool:
              **({"defines": {k: list(v) for k, v in defines.items()}} if defines else {})},
             timeout=timeout,
         )
-        return reply["results"]
+        results: dict[str, dict[str, Any]] = reply["results"]
+        return results
 
 
 class _RequestError(EngineError):

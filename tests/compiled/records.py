@@ -54,8 +54,11 @@ IMM_STATUS = ("completed", "completed", "not-done", "entered-in-error", None)
 GENDERS = ("female", "male", "other", "unknown", None)
 
 
-def code_pools(libraries: Mapping[str, Mapping[str, Any]],
-               value_sets: Mapping[str, Mapping[str, list[Mapping[str, str]]]] | None = None) -> dict[str, list[Coding]]:
+ValueSets = Mapping[str, Mapping[str, list[Mapping[str, str]]]]
+
+
+def code_pools(libraries: Mapping[str, Mapping[str, Any]], value_sets: ValueSets | None = None
+               ) -> dict[str, list[Coding]]:
     """Every code written in the libraries (Code selectors and code definitions), by system URL,
     plus every code of the value sets given (url -> version -> codes)."""
     pools: dict[str, set[Coding]] = {}
@@ -108,6 +111,7 @@ class RecordGenerator:
     def moment(self, r: random.Random, *, spread_days: float = 800) -> str:
         """A FHIR dateTime around the evaluation time, in a random precision and offset."""
         choice = r.random()
+        days: float
         if choice < 0.15:  # window boundaries: 7, 28, 30, 90, 180, 365 days, +- a day
             days = r.choice((7, 28, 30, 56, 90, 180, 183, 365, 366, 730)) + r.choice((-1, 0, 0, 1))
         elif choice < 0.2:
@@ -209,7 +213,8 @@ class RecordGenerator:
         return res
 
     def observation(self, r: random.Random, pid: str, rid: str) -> dict[str, Any]:
-        res: dict[str, Any] = {"resourceType": "Observation", "id": rid, "code": self.concept(r, self.by_type["Observation"]),
+        res: dict[str, Any] = {"resourceType": "Observation", "id": rid,
+                               "code": self.concept(r, self.by_type["Observation"]),
                                "subject": {"reference": f"Patient/{pid}"}}
         status = r.choice(OBS_STATUS)
         if status:
@@ -253,7 +258,8 @@ class RecordGenerator:
         return res
 
     def condition(self, r: random.Random, pid: str, rid: str) -> dict[str, Any]:
-        res: dict[str, Any] = {"resourceType": "Condition", "id": rid, "code": self.concept(r, self.by_type["Condition"]),
+        res: dict[str, Any] = {"resourceType": "Condition", "id": rid,
+                               "code": self.concept(r, self.by_type["Condition"]),
                                "subject": {"reference": f"Patient/{pid}"}}
         clinical = r.choice(CLINICAL)
         if clinical:
@@ -325,7 +331,8 @@ class RecordGenerator:
         return res
 
     def procedure(self, r: random.Random, pid: str, rid: str) -> dict[str, Any]:
-        res: dict[str, Any] = {"resourceType": "Procedure", "id": rid, "code": self.concept(r, self.by_type["Procedure"]),
+        res: dict[str, Any] = {"resourceType": "Procedure", "id": rid,
+                               "code": self.concept(r, self.by_type["Procedure"]),
                                "subject": {"reference": f"Patient/{pid}"}}
         status = r.choice(PROC_STATUS)
         if status:
@@ -371,8 +378,8 @@ class RecordGenerator:
                 start = self.at - timedelta(days=r.uniform(0, 700))
                 for j in range(r.choice((1, 1, 2, 3, 4))):
                     start = start + timedelta(days=r.choice((-20, 0, 1, 14, 30, 90)))
-                    resources.append(self.medication(r, pid, f"{rid}-{j}", kind == "MedicationStatement" or r.random() < 0.3,
-                                                     ingredient, start))
+                    statement = kind == "MedicationStatement" or r.random() < 0.3
+                    resources.append(self.medication(r, pid, f"{rid}-{j}", statement, ingredient, start))
             elif kind == "Procedure":
                 resources.append(self.procedure(r, pid, rid))
             else:
@@ -392,7 +399,8 @@ class RecordGenerator:
         return times[i % len(times)]
 
 
-def covered(records: Iterable[Mapping[str, Any]], requirements: Mapping[str, TypeRequirement]) -> dict[str, set[Coding]]:
+def covered(records: Iterable[Mapping[str, Any]], requirements: Mapping[str, TypeRequirement]
+            ) -> dict[str, set[Coding]]:
     """Of each retrieve's codes, those not present in any of `records` (empty sets: all covered)."""
     seen: set[tuple[str, str, str]] = set()
     types: set[str] = set()

@@ -67,7 +67,8 @@ def test_every_library_is_compiled(pool: WorkerPool, names: list[str]) -> None:
 
 
 def _patients() -> list[tuple[str, dict[str, Any]]]:
-    return [(p.stem, json.loads(p.read_text(encoding="utf-8"))) for p in sorted((BUNDLES_DIR / "patients").glob("*.json"))]
+    paths = sorted((BUNDLES_DIR / "patients").glob("*.json"))
+    return [(p.stem, json.loads(p.read_text(encoding="utf-8"))) for p in paths]
 
 
 def test_synthetic_patients_every_define_equal(pool: WorkerPool, libraries: dict[str, dict[str, Any]],
