@@ -9,8 +9,10 @@
 // prototype, the same non-enumerable _json/_typeInfo/_modelInfo, the same enumerable getters
 // `get() { return this.get(name) }` in the same order, none configurable), with the element
 // names found once per type and the property definitions unrolled into one function per type:
-// ~4 us. Nothing else in the file changes: the one edit is `new FHIRObject(` -> a call of the
-// factory, at the three places the file makes FHIR objects (checked).
+// ~4 us. The model's lookups (`modelInfo.findClass(name)`, `typeInfo.findElement(name, ...)`,
+// pure functions of a loaded model: string edits and map probes on every property read) are
+// remembered. Nothing else in the file changes: the edits are `new FHIRObject(` -> the factory
+// and `X.findClass(` / `X.findElement(` -> their remembered versions, each counted.
 //
 // The reference engine keeps the original module (and its patches); this copy is independent
 // of them. Like sync-elm.mjs, the copy is made only from the reviewed text: the package version
@@ -42,20 +44,67 @@ export function loadFhirModel() {
   const original = fs.readFileSync(FILE, "utf8");
   const sha = crypto.createHash("sha256").update(original).digest("hex");
   if (sha !== PINNED_SHA256) throw new Error(`cql-exec-fhir ${pkg.version} lib/fhir.js is not the reviewed text (sha256 ${sha})`);
-  let edits = 0;
-  const text = original.replace(/\bnew FHIRObject\(/g, () => {
-    edits++;
-    return "__newFHIRObject(FHIRObject, ";
-  }) + "\nmodule.exports.FHIRObject = FHIRObject;\n";
-  if (edits !== 3) throw new Error(`fhir-model: expected 3 constructions of FHIRObject in lib/fhir.js, found ${edits}`);
+  const counts = { construct: 0, findClass: 0, findElement: 0 };
+  const text = original
+    .replace(/\bnew FHIRObject\(/g, () => {
+      counts.construct++;
+      return "__newFHIRObject(FHIRObject, ";
+    })
+    .replace(/([\w$.]+)\.findClass\(/g, (_, target) => {
+      counts.findClass++;
+      return `__findClass(${target}, `;
+    })
+    .replace(/([\w$.]+)\.findElement\(/g, (_, target) => {
+      counts.findElement++;
+      return `__findElement(${target}, `;
+    }) + "\nmodule.exports.FHIRObject = FHIRObject;\n";
+  const expected = { construct: 3, findClass: 7, findElement: 2 };
+  for (const [kind, n] of Object.entries(expected)) {
+    if (counts[kind] !== n) throw new Error(`fhir-model: expected ${n} ${kind} edits in lib/fhir.js, made ${counts[kind]}`);
+  }
   const mod = { exports: {} };
   const dir = path.dirname(FILE);
   const localRequire = (spec) => require(spec.startsWith(".") ? path.resolve(dir, spec) : spec);
-  const fn = vm.compileFunction(text, ["exports", "require", "module", "__filename", "__dirname", "__newFHIRObject"],
+  const fn = vm.compileFunction(text,
+    ["exports", "require", "module", "__filename", "__dirname", "__newFHIRObject", "__findClass", "__findElement"],
     { filename: "fhir-model:cql-exec-fhir/lib/fhir.js" });
-  fn(mod.exports, localRequire, mod, FILE, dir, newFHIRObject);
+  fn(mod.exports, localRequire, mod, FILE, dir, newFHIRObject, findClass, findElement);
   loaded = { PatientSource: mod.exports.PatientSource, FHIRObject: mod.exports.FHIRObject };
   return loaded;
+}
+
+const classes = new WeakMap();
+const elements = new WeakMap();
+
+/** modelInfo.findClass(name), remembered per model (a model never changes once loaded). */
+function findClass(modelInfo, name) {
+  let byName = classes.get(modelInfo);
+  if (byName === undefined) {
+    byName = new Map();
+    classes.set(modelInfo, byName);
+  }
+  let found = byName.get(name);
+  if (found === undefined && !byName.has(name)) {
+    found = modelInfo.findClass(name);
+    byName.set(name, found);
+  }
+  return found;
+}
+
+/** typeInfo.findElement(name, explicitChoice), remembered per type. */
+function findElement(typeInfo, name, explicitChoice = false) {
+  let byName = elements.get(typeInfo);
+  if (byName === undefined) {
+    byName = new Map();
+    elements.set(typeInfo, byName);
+  }
+  const key = explicitChoice ? `+${name}` : `-${name}`;
+  let found = byName.get(key);
+  if (found === undefined && !byName.has(key)) {
+    found = typeInfo.findElement(name, explicitChoice);
+    byName.set(key, found);
+  }
+  return found;
 }
 
 const constructors = new WeakMap();

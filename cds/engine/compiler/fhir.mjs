@@ -93,10 +93,43 @@ export class CallData {
     }
     let value = cache.get(property);
     if (value === undefined && !cache.has(property)) {
-      value = record.getCode(property);
+      value = this.getCode(record, property);
       cache.set(property, value);
     }
     return value;
+  }
+
+  /**
+   * cql-exec-fhir's FHIRObject.getCode and toCode (lib/fhir.js), step for step, with every
+   * element read through this call's cache (`f.coding` is `f.get("coding")`): the codings a
+   * retrieve filters on are then the very objects the rules navigate, made once.
+   */
+  getCode(record, field) {
+    let code = this.get(record, field);
+    if (!(code instanceof cql.Code)) code = this.toCode(code);
+    return code;
+  }
+
+  toCode(f) {
+    if (f == null) return f;
+    if (Array.isArray(f)) return f.map((c) => this.toCode(c));
+    const typeName = f.getTypeInfo().name.replace(/^FHIR\./, "");
+    if (typeName === "CodeableConcept") {
+      const coding = this.get(f, "coding");
+      if (coding == null) return coding;
+      const codings = coding.map((c) => this.toCode(c));
+      return codings.length === 1 ? codings[0] : codings;
+    }
+    if (typeName === "Coding") {
+      const part = (name) => {
+        const v = this.get(f, name);
+        if (!v) return v;
+        return FHIR_PROTO.isPrototypeOf(v) ? this.get(v, "value") : v.value;
+      };
+      return new cql.Code(part("code"), part("system"), part("version"), part("display"));
+    }
+    if (typeName === "code") return this.get(f, "value"); // f is a FHIR object here (it has a type info)
+    return undefined;
   }
 
   /**
