@@ -113,7 +113,7 @@ class LibraryInfo {
     for (const d of defs(elm, "statements")) {
       if (d.type === "FunctionDef") {
         if (!this.functions.has(d.name)) this.functions.set(d.name, []);
-        this.functions.get(d.name).push({ json: d, lib: this, body: null, compiling: false, id: -1 });
+        this.functions.get(d.name).push({ json: d, lib: this, body: null, compiling: false, id: -1, memo: true });
       } else {
         this.defines.set(d.name, { json: d, lib: this, index: this.defines.size, fn: null, compiling: false });
       }
@@ -285,6 +285,9 @@ export class Program {
     const expr = f.json.expression;
     if (f.json.external) throw new Unsupported(`function ${f.json.name} is external`);
     f.body = expr == null ? () => undefined : c.compile(expr, new Env(null, names, { barrier: true }));
+    // Remembering a result costs a map entry; for a small body with no query, call or
+    // reference in it (FHIRHelpers' conversions: `value.value`), computing it again is cheaper.
+    f.memo = expr != null && !isSmall(expr);
     f.compiling = false;
     return f.body;
   }
@@ -1061,8 +1064,28 @@ function typeKey(values) {
   return key;
 }
 
+/** Is this expression a few nodes with no query, retrieve, call or reference in it? */
+function isSmall(expr) {
+  let nodes = 0;
+  const stack = [expr];
+  while (stack.length) {
+    const node = stack.pop();
+    if (Array.isArray(node)) {
+      stack.push(...node);
+    } else if (node && typeof node === "object") {
+      if (node.type) {
+        if (++nodes > 12) return false;
+        if (["Query", "Retrieve", "FunctionRef", "ExpressionRef", "ParameterRef"].includes(node.type)) return false;
+      }
+      for (const [k, v] of Object.entries(node)) if (k !== "annotation" && v && typeof v === "object") stack.push(v);
+    }
+  }
+  return true;
+}
+
 /** Call a compiled CQL function: each result is kept for the evaluation (CQL functions are pure). */
 function invoke(ev, f, args) {
+  if (!f.memo) return f.body(new Scope(ev, null, args));
   const n = args.length;
   let memo = ev.memo[f.id];
   if (n === 0) {
