@@ -10,6 +10,7 @@ process dies, so a worker that refused to start says why), and a hard kill.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import json
 import logging
@@ -127,10 +128,8 @@ class JsonLinesProcess:
     def kill(self) -> None:
         """SIGKILL (if still running), reap, close the pipes."""
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
-            except ProcessLookupError:
-                pass
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover - the kernel did not reap in time
@@ -153,8 +152,6 @@ class JsonLinesProcess:
     def close(self, timeout: float = 5.0) -> None:
         """Clean exit if it comes within `timeout`, else kill."""
         self.close_stdin()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
         self.kill()

@@ -26,6 +26,7 @@
 import readline from "node:readline";
 import { createRequire } from "node:module";
 
+import { IndexedCodeService } from "./codeservice.mjs";
 import { CompiledEngine, Divergence } from "./compiler/engine.mjs";
 import { encodeResults, sameEncoding, toJson } from "./encode.mjs";
 import { applyPatches, appliedPatches, selectPatches } from "./patches/index.mjs";
@@ -72,7 +73,8 @@ function warn(message) {
 
 function load(req) {
   const libs = req.libraries || {};
-  const codeService = new cql.CodeService(req.valueSets || {});
+  // One code service (the catalogue's value sets, indexed) shared by both engines.
+  const codeService = new IndexedCodeService(req.valueSets || {});
   state.engine = engineSetting(req.engine ?? process.env.TRIAL_CDS_ENGINE, "the engine");
   state.reference.load(libs, codeService);
   let compiled = { compiled: [], fallback: {}, compileMs: 0 };

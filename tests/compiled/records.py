@@ -20,7 +20,7 @@ Every record is a FHIR Bundle drawn, deterministically from a seed, out of:
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -54,7 +54,7 @@ IMM_STATUS = ("completed", "completed", "not-done", "entered-in-error", None)
 GENDERS = ("female", "male", "other", "unknown", None)
 
 
-ValueSets = Mapping[str, Mapping[str, list[Mapping[str, str]]]]
+ValueSets = Mapping[str, Mapping[str, Sequence[Mapping[str, str]]]]
 
 
 def code_pools(libraries: Mapping[str, Mapping[str, Any]], value_sets: ValueSets | None = None

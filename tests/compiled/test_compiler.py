@@ -201,10 +201,9 @@ def test_a_define_named_like_an_alias_runs_on_the_reference_engine(pool: WorkerP
 
 def test_unsupported_library_is_logged_at_load(libraries: dict[str, dict[str, Any]],
                                                caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="cds.engine.pool"):
-        with WorkerPool({"FHIRHelpers": libraries["FHIRHelpers"], "CompilerShadow": libraries["CompilerShadow"]},
-                        size=1, engine="compiled") as p:
-            assert list(p.load_info["fallback"]) == ["CompilerShadow"]
+    shadow = {"FHIRHelpers": libraries["FHIRHelpers"], "CompilerShadow": libraries["CompilerShadow"]}
+    with caplog.at_level(logging.WARNING, logger="cds.engine.pool"), WorkerPool(shadow, size=1, engine="compiled") as p:
+        assert list(p.load_info["fallback"]) == ["CompilerShadow"]
     assert any("CompilerShadow runs on the reference engine" in r.getMessage() for r in caplog.records)
 
 

@@ -24,13 +24,12 @@ from typing import Any
 
 import pytest
 
-from cds.engine import load_elm_dir
-from cds.engine.elm import data_requirements
 from cds.engine.engine import execution_time
 from cds.engine.pool import WorkerPool
 from cds.engine.trim import trim_bundle
 from cds.engine.values import decode
-from cds.paths import BUNDLES_DIR, ELM_DIR
+from cds.paths import BUNDLES_DIR
+from tests.compiled.conftest import Rules
 from tests.compiled.records import RecordGenerator, code_pools, covered
 
 AT = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc)
@@ -39,25 +38,22 @@ BATCH = 250
 
 
 @pytest.fixture(scope="module")
-def libraries() -> dict[str, dict[str, Any]]:
-    return load_elm_dir(ELM_DIR)
+def names(rules: Rules) -> list[str]:
+    return rules.names
 
 
 @pytest.fixture(scope="module")
-def names(libraries: dict[str, dict[str, Any]]) -> list[str]:
-    return sorted(libraries)
-
-
-@pytest.fixture(scope="module")
-def pool(libraries: dict[str, dict[str, Any]]) -> Iterator[WorkerPool]:
-    # Both engines live in every worker; two workers share the batches.
-    with WorkerPool(libraries, size=2, engine="compiled", timeout=600.0, start_timeout=120.0) as p:
+def pool(rules: Rules) -> Iterator[WorkerPool]:
+    # Both engines live in every worker (one code service: the catalogue's value sets); two
+    # workers share the batches.
+    with WorkerPool(rules.libraries, size=2, engine="compiled", value_sets=rules.value_sets, timeout=600.0,
+                    start_timeout=120.0) as p:
         yield p
 
 
 @pytest.fixture(scope="module")
-def generator(libraries: dict[str, dict[str, Any]], names: list[str]) -> RecordGenerator:
-    return RecordGenerator(data_requirements(names, libraries), code_pools(libraries), AT)
+def generator(rules: Rules) -> RecordGenerator:
+    return RecordGenerator(rules.requirements(), code_pools(rules.libraries, rules.value_sets), AT)
 
 
 def test_every_library_is_compiled(pool: WorkerPool, names: list[str]) -> None:
@@ -71,11 +67,10 @@ def _patients() -> list[tuple[str, dict[str, Any]]]:
     return [(p.stem, json.loads(p.read_text(encoding="utf-8"))) for p in paths]
 
 
-def test_synthetic_patients_every_define_equal(pool: WorkerPool, libraries: dict[str, dict[str, Any]],
-                                               names: list[str]) -> None:
+def test_synthetic_patients_every_define_equal(pool: WorkerPool, rules: Rules, names: list[str]) -> None:
     patients = _patients()
     assert len(patients) >= 20
-    requirements = data_requirements(names, libraries)
+    requirements = rules.requirements()
     when = execution_time(AT)
     compared = 0
     for name, bundle in patients:
@@ -95,10 +90,9 @@ def test_synthetic_patients_every_define_equal(pool: WorkerPool, libraries: dict
     print(f"\n{len(patients)} synthetic patients, {compared} define values equal on both engines")
 
 
-def test_generated_records_cover_every_retrieve(generator: RecordGenerator, libraries: dict[str, dict[str, Any]],
-                                                names: list[str]) -> None:
+def test_generated_records_cover_every_retrieve(generator: RecordGenerator, rules: Rules) -> None:
     records = generator.records(0, 2000)
-    missing = covered(records, data_requirements(names, libraries))
+    missing = covered(records, rules.requirements())
     assert {rtype: sorted(codes) for rtype, codes in missing.items() if codes} == {}
     text = json.dumps(records, ensure_ascii=False)
     # the corners the generator exists for

@@ -16,13 +16,12 @@ from typing import Any
 
 import pytest
 
-from cds.engine import load_elm_dir
-from cds.engine.elm import data_requirements
 from cds.engine.engine import execution_time
 from cds.engine.pool import ENGINE_DIR, EngineUnavailable, WorkerPool, node_command
 from cds.engine.trim import trim_bundle
 from cds.engine.values import decode
-from cds.paths import BUNDLES_DIR, ELM_DIR
+from cds.paths import BUNDLES_DIR
+from tests.compiled.conftest import Rules
 
 AT = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc)
 ALL = ["retrieve-code-lists", "lean-execute", "shared-library-contexts", "fhir-distinct-keys", "overload-memo",
@@ -30,11 +29,12 @@ ALL = ["retrieve-code-lists", "lean-execute", "shared-library-contexts", "fhir-d
 CORRECTNESS_ONLY = "retrieve-code-lists"
 
 
-def _evaluate_all(libraries: dict[str, Any], patches: str, engine: str) -> dict[str, Any]:
-    names = sorted(libraries)
-    requirements = data_requirements(names, libraries)
+def _evaluate_all(rules: Rules, patches: str, engine: str) -> dict[str, Any]:
+    names = rules.names
+    requirements = rules.requirements()
     out = {}
-    with WorkerPool(libraries, size=1, engine=engine, patches=patches, timeout=120.0) as pool:
+    with WorkerPool(rules.libraries, size=1, engine=engine, patches=patches, value_sets=rules.value_sets,
+                    timeout=120.0) as pool:
         assert pool.load_info["patches"] == (ALL if patches == "all" else [CORRECTNESS_ONLY])
         for path in sorted((BUNDLES_DIR / "patients").glob("*.json")):
             bundle = trim_bundle(json.loads(path.read_text(encoding="utf-8")), requirements)
@@ -44,12 +44,11 @@ def _evaluate_all(libraries: dict[str, Any], patches: str, engine: str) -> dict[
     return out
 
 
-def test_results_identical_with_and_without_performance_patches() -> None:
-    libraries = load_elm_dir(ELM_DIR)
-    patched = _evaluate_all(libraries, "all", "reference")
+def test_results_identical_with_and_without_performance_patches(rules: Rules) -> None:
+    patched = _evaluate_all(rules, "all", "reference")
     assert len(patched) >= 20
     for engine in ("reference", "compiled"):
-        bare = _evaluate_all(libraries, CORRECTNESS_ONLY, engine)
+        bare = _evaluate_all(rules, CORRECTNESS_ONLY, engine)
         assert bare.keys() == patched.keys()
         for patient, libs in patched.items():
             for lib, defines in libs.items():
