@@ -119,7 +119,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 @pytest.fixture(scope="module", autouse=True)
 def no_worker_survives() -> Iterator[None]:
     """Record each worker the pool starts; at the end of the module none may be alive."""
-    original = pool_mod._Worker
+    original = pool_mod.JsonLinesProcess
 
     class RecordedWorker(original):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -127,7 +127,7 @@ def no_worker_survives() -> Iterator[None]:
             SPAWNED.add(self.proc.pid)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(pool_mod, "_Worker", RecordedWorker)
+    mp.setattr(pool_mod, "JsonLinesProcess", RecordedWorker)
     try:
         yield
     finally:

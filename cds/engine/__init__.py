@@ -1,4 +1,5 @@
-"""The CQL engine: translation (official translator) and execution (reference JS engine)."""
+"""The CQL engine: translation (official translator) and execution (Node workers running the
+compiled engine over cql-execution's runtime, with the reference engine as its oracle and fallback)."""
 
 from .engine import Engine, EvaluationResult, load_elm_dir
 from .pool import EngineError, EngineTimeout, EngineUnavailable, WorkerPool

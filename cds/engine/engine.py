@@ -65,9 +65,13 @@ class Engine:
         trim: bool = True,
         command: Sequence[str] | None = None,
         value_sets: Mapping[str, Any] | None = None,
+        engine: str | None = None,
+        patches: str | None = None,
     ) -> None:
         """`value_sets`: canonical URL -> terminology.ValueSetExpansion, what the code service
-        holds; by default the committed expansions of the project's catalogue (fhir_bundles/)."""
+        holds; by default the committed expansions of the project's catalogue (fhir_bundles/).
+        `engine`: "compiled" or "reference" (default $TRIAL_CDS_ENGINE, else compiled);
+        `patches`: the reference engine's patches (default $TRIAL_CDS_ENGINE_PATCHES, else all)."""
         from ..terminology import committed_value_sets, cql_value_sets
 
         self.libraries = {k: dict(v) for k, v in libraries.items()}
@@ -78,7 +82,8 @@ class Engine:
         self.value_sets = dict(value_sets)
         self._codes = {url: [(c.system, c.code) for c in vs.codes] for url, vs in self.value_sets.items()}
         self.pool = WorkerPool(self.libraries, size=pool_size, timeout=timeout, command=command,
-                               value_sets=cql_value_sets({u: v for u, v in self.value_sets.items() if u in declared}))
+                               value_sets=cql_value_sets({u: v for u, v in self.value_sets.items() if u in declared}),
+                               engine=engine, patches=patches)
         self._requirements: dict[frozenset[str], dict[str, elm_mod.TypeRequirement]] = {}
         # Cost of evaluating a library grows with its ELM; used to balance a split call.
         self._weight = {name: len(json.dumps(doc)) for name, doc in self.libraries.items()}

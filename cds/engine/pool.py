@@ -1,9 +1,14 @@
-"""A pool of long-lived Node workers running the reference CQL engine.
+"""A pool of long-lived Node workers running the CQL engines (cds/engine/worker.mjs).
 
-Why a pool of processes: the reference engine (cql-execution + cql-exec-fhir) is JavaScript,
-and loading libraries and building executors costs far more than evaluating one patient, so
-workers are started once, loaded once and reused. Each worker serves one request at a time;
-the pool hands idle workers to callers from a queue, so a caller never shares a worker.
+Why a pool of processes: the engines (the compiled engine over cql-execution's runtime, and
+the reference engine, cql-execution + cql-exec-fhir) are JavaScript, and loading and compiling
+libraries costs far more than evaluating one patient, so workers are started once, loaded once
+and reused. Each worker serves one request at a time; the pool hands idle workers to callers
+from a queue, so a caller never shares a worker.
+
+Which engine: `engine="compiled"` (the default) or `"reference"`, else $TRIAL_CDS_ENGINE. A
+library the compiled engine does not compile runs on the reference engine in the same worker,
+and the pool logs it (warning) when the worker loads.
 
 Failure model: a worker that times out, dies, or writes anything that is not a reply line is
 killed (SIGKILL) and replaced in the background, and the caller gets an `EngineError` at once.
@@ -14,37 +19,35 @@ Python process leaves no Node process behind.
 from __future__ import annotations
 
 import atexit
-import itertools
-import json
 import logging
 import os
 import queue
 import shutil
-import subprocess
 import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .errors import EngineError, EngineTimeout, EngineUnavailable
+from .jsonlines import JsonLinesProcess
 
 log = logging.getLogger(__name__)
 
 ENGINE_DIR = Path(__file__).resolve().parent
 WORKER_SCRIPT = ENGINE_DIR / "worker.mjs"
+ENGINES = ("compiled", "reference")
+
+__all__ = ["ENGINES", "EngineError", "EngineTimeout", "EngineUnavailable", "WorkerPool", "engine_kind"]
 
 
-class EngineError(RuntimeError):
-    """The CQL engine could not answer: a worker crashed, hung, or the request was invalid."""
-
-
-class EngineTimeout(EngineError):
-    """The call did not finish within its timeout; the worker was replaced."""
-
-
-class EngineUnavailable(EngineError):
-    """No worker could be had (the pool is closed or could not start)."""
+def engine_kind(value: str | None = None) -> str:
+    """The engine to run: `value`, else $TRIAL_CDS_ENGINE, else "compiled"."""
+    kind = (value if value is not None else os.environ.get("TRIAL_CDS_ENGINE") or "compiled").strip().lower()
+    if kind not in ENGINES:
+        raise ValueError(f"TRIAL_CDS_ENGINE must be one of {', '.join(ENGINES)}, not {kind!r}")
+    return kind
 
 
 def node_command() -> list[str]:
@@ -56,40 +59,6 @@ def node_command() -> list[str]:
             f"the CQL engine's Node packages are not installed: run `npm ci --prefix {ENGINE_DIR}`"
         )
     return [node, str(WORKER_SCRIPT)]
-
-
-_EOF = object()
-
-
-@dataclass(eq=False)
-class _Worker:
-    proc: subprocess.Popen[str]
-    lines: queue.Queue[Any] = field(default_factory=queue.Queue)
-    calls: int = 0
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.kill()
-            except ProcessLookupError:
-                pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - the kernel did not reap in time
-            log.error("CQL worker %s did not die after SIGKILL", self.proc.pid)
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                if stream:
-                    stream.close()
-            except OSError:
-                pass
 
 
 _ALL_POOLS: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
@@ -117,17 +86,23 @@ class WorkerPool:
         start_timeout: float = 30.0,
         value_sets: Mapping[str, Any] | None = None,
         command: Sequence[str] | None = None,
+        engine: str | None = None,
+        patches: str | None = None,
     ) -> None:
         self.libraries = dict(libraries)
+        self.engine = engine_kind(engine)
+        # The reference engine's patches (TRIAL_CDS_ENGINE_PATCHES, cds/engine/patches/): None
+        # inherits the environment; "all", "none" or a comma-separated list of patch names.
+        self.patches = patches
+        self.load_info: dict[str, Any] = {}
         self.size = size or max(1, min(4, os.cpu_count() or 1))
         self.timeout = timeout
         self.start_timeout = start_timeout
         self.value_sets = dict(value_sets or {})
         self._command = list(command) if command else None
-        self._idle: queue.Queue[_Worker] = queue.Queue()
-        self._all: set[_Worker] = set()
+        self._idle: queue.Queue[JsonLinesProcess] = queue.Queue()
+        self._all: set[JsonLinesProcess] = set()
         self._lock = threading.Lock()
-        self._ids = itertools.count(1)
         self._closed = False
         self._started = False
         _ALL_POOLS.add(self)
@@ -166,18 +141,10 @@ class WorkerPool:
             workers = list(self._all)
             self._all.clear()
         for w in workers:
-            try:
-                if w.proc.stdin:
-                    w.proc.stdin.close()
-            except OSError:
-                pass
+            w.close_stdin()
         deadline = time.monotonic() + 2.0
         for w in workers:
-            try:
-                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            w.kill()
+            w.close(timeout=max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> WorkerPool:
         return self.start()
@@ -201,29 +168,19 @@ class WorkerPool:
 
     # -- workers ----------------------------------------------------------------------------
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self) -> JsonLinesProcess:
         cmd = self._command or node_command()
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            bufsize=1,
-            cwd=str(ENGINE_DIR),
-        )
-        worker = _Worker(proc)
-        threading.Thread(target=self._read_stdout, args=(worker,), daemon=True).start()
-        threading.Thread(target=self._drain_stderr, args=(worker,), daemon=True).start()
+        env = {"TRIAL_CDS_ENGINE_PATCHES": self.patches} if self.patches is not None else None
+        worker = JsonLinesProcess(cmd, cwd=ENGINE_DIR, name="cql worker", env=env)
         with self._lock:
             if self._closed:
                 worker.kill()
                 raise EngineUnavailable("the CQL worker pool is closed")
             self._all.add(worker)
         try:
-            self._call(worker, {"op": "load", "libraries": self.libraries, "valueSets": self.value_sets},
-                       self.start_timeout)
+            info = self._call(worker, {"op": "load", "libraries": self.libraries, "valueSets": self.value_sets,
+                                       "engine": self.engine}, self.start_timeout)
+            self._loaded(info)
             # Warm-up: one evaluation of every library on an empty record, so the first real
             # call does not pay for lazy initialisation inside the engine.
             warm_bundle = {"resourceType": "Bundle", "type": "collection",
@@ -236,31 +193,20 @@ class WorkerPool:
             raise
         return worker
 
-    @staticmethod
-    def _read_stdout(worker: _Worker) -> None:
-        assert worker.proc.stdout is not None
-        try:
-            for line in worker.proc.stdout:
-                worker.lines.put(line)
-        except (OSError, ValueError):
-            pass
-        worker.lines.put(_EOF)
+    def _loaded(self, info: Mapping[str, Any]) -> None:
+        """Remember what the first worker reported at load; log libraries left to the reference."""
+        first = not self.load_info
+        self.load_info = {k: v for k, v in info.items() if k not in ("id", "ok")}
+        if first:
+            for name, why in sorted((info.get("fallback") or {}).items()):
+                log.warning("CQL library %s runs on the reference engine: %s", name, "; ".join(map(str, why)))
 
-    @staticmethod
-    def _drain_stderr(worker: _Worker) -> None:
-        assert worker.proc.stderr is not None
-        try:
-            for line in worker.proc.stderr:
-                log.debug("cql worker %s: %s", worker.pid, line.rstrip())
-        except (OSError, ValueError):
-            pass
-
-    def _retire(self, worker: _Worker) -> None:
+    def _retire(self, worker: JsonLinesProcess) -> None:
         with self._lock:
             self._all.discard(worker)
         worker.kill()
 
-    def _replace(self, worker: _Worker) -> None:
+    def _replace(self, worker: JsonLinesProcess) -> None:
         """Kill a broken worker and start its successor in the background."""
         self._retire(worker)
         if self._closed:
@@ -275,41 +221,15 @@ class WorkerPool:
 
         threading.Thread(target=respawn, daemon=True).start()
 
-    def _call(self, worker: _Worker, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def _call(self, worker: JsonLinesProcess, message: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Send one request and wait for its reply; raise EngineError on any fault."""
-        request_id = next(self._ids)
-        line = json.dumps({"id": request_id, **message}, separators=(",", ":"), default=str)
-        assert worker.proc.stdin is not None
         try:
-            worker.proc.stdin.write(line + "\n")
-            worker.proc.stdin.flush()
-        except (BrokenPipeError, OSError, ValueError) as exc:
-            raise EngineError(f"CQL worker {worker.pid} is gone ({exc.__class__.__name__})") from exc
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise EngineTimeout(f"CQL evaluation timed out after {timeout:.1f} s (worker {worker.pid} killed)")
-            try:
-                raw = worker.lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if raw is _EOF:
-                try:  # stdout closes a moment before the process is reaped: wait for its status
-                    code = worker.proc.wait(timeout=0.5)
-                except subprocess.TimeoutExpired:
-                    code = None
-                raise EngineError(f"CQL worker {worker.pid} exited (code {code}) before answering")
-            try:
-                reply = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise EngineError(f"CQL worker {worker.pid} wrote a line that is not JSON: {raw[:80]!r}") from exc
-            if not isinstance(reply, dict) or reply.get("id") != request_id:
-                raise EngineError(f"CQL worker {worker.pid} answered out of turn: {str(raw)[:80]!r}")
-            if not reply.get("ok"):
-                raise _RequestError(str(reply.get("error") or "unknown engine error"))
-            worker.calls += 1
-            return reply
+            reply = worker.call(message, timeout)
+        except EngineTimeout as exc:
+            raise EngineTimeout(f"CQL evaluation timed out after {timeout:.1f} s (worker {worker.pid} killed)") from exc
+        if not reply.get("ok"):
+            raise _RequestError(str(reply.get("error") or "unknown engine error"))
+        return reply
 
     # -- public ---------------------------------------------------------------------------
 
@@ -367,7 +287,8 @@ class WorkerPool:
              **({"defines": {k: list(v) for k, v in defines.items()}} if defines else {})},
             timeout=timeout,
         )
-        return reply["results"]
+        results: dict[str, dict[str, Any]] = reply["results"]
+        return results
 
 
 class _RequestError(EngineError):

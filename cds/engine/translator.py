@@ -1,8 +1,9 @@
 """CQL -> ELM through the official translator (`@cqframework/cql`, run by Node).
 
 Two shapes: `translate_files` for the build (one Node process, one batch, shared library
-cache), and `Translator` for many ad-hoc translations (a long-lived process reading JSON
-lines), used for CQL-only Libraries and the conformance suite.
+cache), and `Translator` for many ad-hoc translations (a long-lived process speaking JSON lines
+through the engine's one client, `jsonlines.JsonLinesProcess`: a timeout per translation, the
+reply id checked, stderr logged), used for CQL-only Libraries and the conformance suite.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .pool import ENGINE_DIR, EngineUnavailable
+from .errors import EngineError, EngineUnavailable
+from .jsonlines import JsonLinesProcess
+from .pool import ENGINE_DIR
 
 TRANSLATE_SCRIPT = ENGINE_DIR / "translate.mjs"
 
@@ -97,40 +100,47 @@ def translate_files(files: Sequence[Path], rules_dirs: Sequence[Path]) -> list[T
 
 
 class Translator:
-    """A long-lived translator process (JSON lines); thread-safe, one request at a time."""
+    """A long-lived translator process (JSON lines); thread-safe, one request at a time.
 
-    def __init__(self, rules_dirs: Sequence[Path] = (), *, result_types: bool = False) -> None:
-        cmd = [_node(), str(TRANSLATE_SCRIPT), "--serve"] + (["--result-types"] if result_types else [])
+    A translation that takes longer than `timeout` seconds, or a process that dies or answers
+    out of turn, raises EngineError (a RuntimeError); the process is killed and the next call
+    starts a new one.
+    """
+
+    def __init__(self, rules_dirs: Sequence[Path] = (), *, result_types: bool = False,
+                 timeout: float = 120.0) -> None:
+        self._cmd = [_node(), str(TRANSLATE_SCRIPT), "--serve"] + (["--result-types"] if result_types else [])
         for d in rules_dirs:
-            cmd += ["--rules", str(Path(d).resolve())]
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL, text=True, bufsize=1, cwd=str(ENGINE_DIR))
+            self._cmd += ["--rules", str(Path(d).resolve())]
+        self.timeout = timeout
         self._lock = threading.Lock()
-        self._next = 0
+        self._proc: JsonLinesProcess | None = self._start()
+
+    def _start(self) -> JsonLinesProcess:
+        return JsonLinesProcess(self._cmd, cwd=ENGINE_DIR, name="cql translator")
 
     def translate(self, cql: str, sources: Mapping[str, str] | None = None) -> Translation:
         with self._lock:
-            self._next += 1
-            assert self._proc.stdin and self._proc.stdout
-            self._proc.stdin.write(json.dumps({"id": self._next, "cql": cql, "sources": dict(sources or {})}) + "\n")
-            self._proc.stdin.flush()
-            line = self._proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the CQL translator process exited")
-        reply = json.loads(line)
+            if self._proc is None or not self._proc.alive():
+                if self._proc is not None:
+                    self._proc.kill()
+                self._proc = self._start()
+            proc = self._proc
+            try:
+                reply = proc.call({"cql": cql, "sources": dict(sources or {})}, self.timeout)
+            except EngineError:
+                proc.kill()
+                self._proc = None
+                raise
         if reply.get("error"):
-            raise RuntimeError(f"the CQL translator failed: {reply['error']}")
+            raise EngineError(f"the CQL translator failed: {reply['error']}")
         return _translation(reply)
 
     def close(self) -> None:
-        if self._proc.poll() is None:
-            assert self._proc.stdin
-            self._proc.stdin.close()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        with self._lock:
+            if self._proc is not None:
+                self._proc.close()
+                self._proc = None
 
     def __enter__(self) -> Translator:
         return self

@@ -38,8 +38,16 @@ Failures carry a one-word cause: `translator` (the expression does not translate
 one does), `engine` (a runtime error, a wrong value, a missing error), `harness` (the expected
 output cannot be represented: it does not translate or evaluate here).
 
-`python -m cds.conformance` prints pass/fail counts per group; `--write-known-failures` rewrites
-the known-failure list (tests/conformance_known_failures.txt).
+Both engines run every test (the libraries are translated once): the reference engine and the
+compiled engine, the latter alone (no fallback to the reference: a library it does not compile
+fails its tests). Each has its own known-failure list; the compiled engine's may not hold a
+test the reference engine passes.
+
+`python -m tests.conformance.harness` prints pass/fail counts per group; `--write-known-failures`
+rewrites the known-failure list (tests/conformance/known_failures.txt).
+
+The suite itself is vendored beside this module (`cql-tests/`, Apache-2.0), so it runs on every
+clone; `$TRIAL_CDS_CQL_TESTS` points at another copy.
 """
 
 from __future__ import annotations
@@ -58,9 +66,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .engine.pool import EngineError, EngineTimeout, EngineUnavailable, WorkerPool
-from .engine.translator import Translation, Translator
-from .engine.values import (
+from cds.engine.pool import ENGINES, EngineError, EngineTimeout, EngineUnavailable, WorkerPool
+from cds.engine.translator import Translation, Translator
+from cds.engine.values import (
     CqlDate,
     CqlDateTime,
     CqlTime,
@@ -71,8 +79,11 @@ from .engine.values import (
 )
 
 ENV_VAR = "TRIAL_CDS_CQL_TESTS"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-KNOWN_FAILURES_FILE = REPO_ROOT / "tests" / "conformance_known_failures.txt"
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+VENDORED_SUITE = HERE / "cql-tests"
+KNOWN_FAILURES_FILE = HERE / "known_failures.txt"
+KNOWN_FAILURES_FILES = {"reference": KNOWN_FAILURES_FILE, "compiled": HERE / "known_failures_compiled.txt"}
 CAUSES = ("translator", "engine", "harness")
 # A fixed evaluation time in UTC: the suite's expected DateTimes without an offset are taken to
 # be in the evaluation's offset, and its literal outputs use +00:00 / Z.
@@ -86,9 +97,9 @@ ELM_TYPES = "{urn:hl7-org:elm-types:r1}"
 
 def suite_dir() -> Path | None:
     """The suite's folder (holding `cql/*.xml`): $TRIAL_CDS_CQL_TESTS when set (the suite's folder
-    or its cql/ folder), else shared/cql-tests beside the repository; None when absent."""
+    or its cql/ folder), else the copy vendored beside this module; None when absent."""
     env = os.environ.get(ENV_VAR)
-    candidates = [Path(env)] if env else [REPO_ROOT.parent / "shared" / "cql-tests"]
+    candidates = [Path(env)] if env else [VENDORED_SUITE]
     for c in candidates:
         if (c / "cql").is_dir() and any((c / "cql").glob("*.xml")):
             return c
@@ -183,12 +194,12 @@ def read_known_failures(path: Path = KNOWN_FAILURES_FILE) -> dict[str, KnownFail
     return out
 
 
-def format_known_failures(failures: Iterable[KnownFailure]) -> str:
+def format_known_failures(failures: Iterable[KnownFailure], engine: str = "reference") -> str:
     rows = sorted(failures, key=lambda f: f.id)
     width = max((len(f.id) for f in rows), default=0)
-    header = ("# CQL conformance tests (../shared/cql-tests) that fail today, with a one-word cause:\n"
-              "# translator | engine | harness. tests/test_conformance.py fails when any other test fails.\n"
-              "# Regenerate with: python -m cds.conformance --write-known-failures\n")
+    header = (f"# CQL conformance tests (tests/conformance/cql-tests) that fail today on the {engine} engine, with a\n"
+              "# one-word cause: translator | engine | harness. tests/conformance/test_conformance.py fails when any\n"
+              "# other test fails. Regenerate with: python -m tests.conformance.harness --write-known-failures\n")
     body = "".join(f"{f.id:<{width}}  {f.cause:<10}" + (f"  # {f.note}" if f.note else "") + "\n" for f in rows)
     return header + body
 
@@ -599,16 +610,21 @@ class _Failed(Exception):
 
 
 class ConformanceRunner:
-    """Runs groups of conformance tests with one translator process and one CQL worker."""
+    """Runs groups of conformance tests with one translator process and one CQL worker, on each
+    of `engines` (the worker holds both; each evaluate request names its engine)."""
 
     def __init__(self, translator: Translator | None = None, pool: WorkerPool | None = None,
-                 *, timeout: float = 20.0, execution_datetime: str = EXECUTION_DATETIME) -> None:
+                 *, timeout: float = 20.0, execution_datetime: str = EXECUTION_DATETIME,
+                 engines: Sequence[str] = ENGINES) -> None:
         self._own_translator = translator is None
         self._own_pool = pool is None
+        self.engines = tuple(engines)
         self.translator = translator or Translator()
         # One worker, loaded by us: the pool's own library set stays empty (its warm-up would
-        # evaluate every library, and a conformance library is allowed to throw).
-        self.pool = pool or WorkerPool({}, size=1, timeout=timeout)
+        # evaluate every library, and a conformance library is allowed to throw). Loaded for the
+        # compiled engine (it then holds the reference engine as well) when that one runs.
+        self.pool = pool or WorkerPool({}, size=1, timeout=timeout,
+                                       engine="compiled" if "compiled" in self.engines else "reference")
         self.timeout = timeout
         self.at = execution_datetime
         self._loaded: tuple[frozenset[str], tuple[int, ...]] | None = None
@@ -698,14 +714,18 @@ class ConformanceRunner:
 
     # -- execution --------------------------------------------------------------------------
 
-    def _evaluate(self, libraries: Mapping[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    def _evaluate(self, libraries: Mapping[str, dict[str, Any]], name: str, engine: str) -> dict[str, Any]:
         key = (frozenset(libraries), tuple(self.pool.pids))
         if self._loaded != key:
-            self.pool.request({"op": "load", "libraries": dict(libraries)}, timeout=self.timeout * 3)
+            self.pool.request({"op": "load", "libraries": dict(libraries), "engine": self.pool.engine},
+                              timeout=self.timeout * 3)
             self._loaded = (frozenset(libraries), tuple(self.pool.pids))
         try:
+            # The compiled engine alone: an unsupported construct or a Divergence is its failure.
             reply = self.pool.request({"op": "evaluate", "libraries": [name], "bundle": None,
-                                       "executionDateTime": self.at}, timeout=self.timeout)
+                                       "executionDateTime": self.at, "engine": engine,
+                                       **({"fallback": False} if engine == "compiled" else {})},
+                                      timeout=self.timeout)
             return reply["results"][name]
         except EngineTimeout as exc:
             self._loaded = None
@@ -722,7 +742,8 @@ class ConformanceRunner:
         return {**elm, "library": {**lib, "identifier": {**lib["identifier"], "id": lib_name},
                                    "statements": {**lib["statements"], "def": defs}}}
 
-    def _evaluate_all(self, elm: dict[str, Any], isolate: Iterable[str] = ()) -> dict[str, Any | _Failed]:
+    def _evaluate_all(self, elm: dict[str, Any], isolate: Iterable[str] = (), engine: str = "reference"
+                      ) -> dict[str, Any | _Failed]:
         """Every define's raw value, or the `_Failed` it raised.
 
         cql-execution abandons a whole library at the first runtime error, so the defines in
@@ -742,13 +763,13 @@ class ConformanceRunner:
         results: dict[str, Any | _Failed] = {}
         if batch:
             try:
-                results.update(self._evaluate(libraries, name))
+                results.update(self._evaluate(libraries, name, engine))
             except _Failed:
                 alone = defs
                 libraries = libraries_for(alone)
         for d in alone:
             try:
-                results[d["name"]] = self._evaluate(libraries, f"{name}__{d['name']}")[d["name"]]
+                results[d["name"]] = self._evaluate(libraries, f"{name}__{d['name']}", engine)[d["name"]]
             except _Failed as exc:
                 results[d["name"]] = exc
         return results
@@ -777,7 +798,8 @@ class ConformanceRunner:
 
     # -- one group --------------------------------------------------------------------------
 
-    def run_group(self, group: str, tests: Sequence[ConformanceTest]) -> GroupResult:
+    def run_group(self, group: str, tests: Sequence[ConformanceTest]) -> dict[str, GroupResult]:
+        """The group's outcomes on each engine (translated and typed once)."""
         start = time.monotonic()
         indexed = list(enumerate(tests, 1))
         with ThreadPoolExecutor(1) as typing:  # typing runs beside translation and evaluation
@@ -785,23 +807,30 @@ class ConformanceRunner:
             first = build_library(f"Conformance_{group}", [d for i, t in indexed for d in _defines(i, t)])
             first_types = typing.submit(self._try_types, first.cql)
             elm, elm_cql, dropped = self._translate_group(group, indexed)
-            outcomes, solo = self._translate_dropped(group, tests, dropped)
-            values: dict[str, Any] = {}
+            settled, solo = self._translate_dropped(group, tests, dropped)
+            values: dict[str, dict[str, Any]] = {e: {} for e in self.engines}
             types: dict[str, Any] = {}
             pending = []
             isolate = {f"t{i:04d}_expr" for i, t in indexed if t.invalid is not None}
             if elm is not None:
                 pending.append(typing.submit(self._types, elm, elm_cql, first_types if elm_cql == first.cql else None))
-                values.update(self._evaluate_all(elm, isolate))
+                for e in self.engines:
+                    values[e].update(self._evaluate_all(elm, isolate, e))
             for sub, sub_cql in solo.values():
                 pending.append(typing.submit(self._types, sub, sub_cql))
-                values.update(self._evaluate_all(sub, isolate))
+                for e in self.engines:
+                    values[e].update(self._evaluate_all(sub, isolate, e))
             for p in pending:
                 types.update(p.result() or {})
-        for i, t in indexed:
-            if i not in outcomes:
-                outcomes[i] = self._judge(i, t, values, types)
-        return GroupResult(group, [outcomes[i] for i, _ in indexed], time.monotonic() - start)
+        seconds = time.monotonic() - start
+        results = {}
+        for e in self.engines:
+            outcomes = dict(settled)
+            for i, t in indexed:
+                if i not in outcomes:
+                    outcomes[i] = self._judge(i, t, values[e], types)
+            results[e] = GroupResult(group, [outcomes[i] for i, _ in indexed], seconds)
+        return results
 
     def _judge(self, i: int, t: ConformanceTest, values: Mapping[str, Any], types: Mapping[str, Any]) -> Outcome:
         if f"t{i:04d}_expr" not in values:  # never an error that could pass an `invalid` test
@@ -841,47 +870,58 @@ class ConformanceRunner:
 # -- command line ----------------------------------------------------------------------------
 
 
-def run_suite(groups: Sequence[str] | None = None, directory: Path | None = None) -> list[GroupResult]:
+def run_suite(groups: Sequence[str] | None = None, directory: Path | None = None,
+              engines: Sequence[str] = ENGINES) -> dict[str, list[GroupResult]]:
     directory = directory or suite_dir()
     if directory is None:
-        raise SystemExit(f"the CQL conformance suite is absent (set {ENV_VAR} or put it at ../shared/cql-tests)")
+        raise SystemExit(f"the CQL conformance suite is absent (set {ENV_VAR}; the vendored copy is {VENDORED_SUITE})")
     suite = load_suite(directory)
-    results = []
-    with ConformanceRunner() as runner:
+    results: dict[str, list[GroupResult]] = {e: [] for e in engines}
+    with ConformanceRunner(engines=engines) as runner:
         for g, tests in suite.items():
             if groups and g not in groups:
                 continue
-            results.append(runner.run_group(g, tests))
+            for e, r in runner.run_group(g, tests).items():
+                results[e].append(r)
     return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cds.conformance", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tests.conformance.harness", description=__doc__.split("\n\n")[0])
     ap.add_argument("groups", nargs="*", help="groups (XML file stems) to run; default all")
+    ap.add_argument("--engine", choices=ENGINES, action="append",
+                    help="run only this engine (repeatable; default both)")
     ap.add_argument("--write-known-failures", action="store_true",
-                    help=f"rewrite {KNOWN_FAILURES_FILE.relative_to(REPO_ROOT)} with today's failures")
+                    help="rewrite each engine's known-failure list (tests/conformance/known_failures*.txt) "
+                         "with today's failures")
     ap.add_argument("--verbose", "-v", action="store_true", help="print every failure")
     args = ap.parse_args(argv)
-    known = read_known_failures()
-    results = run_suite(args.groups or None)
-    total = passed = 0
-    for r in results:
-        total += len(r.outcomes)
-        passed += len(r.passed)
-        print(f"{r.group}: {len(r.passed)} passed, {len(r.failed)} failed "
-              f"({sum(o.id in known for o in r.failed)} known) in {r.seconds:.1f} s")
-        if args.verbose:
-            for o in r.failed:
-                print(f"    {o.id}  {o.cause}  {o.detail}")
-    print(f"total: {passed} passed, {total - passed} failed, of {total}")
-    if args.write_known_failures:
-        ran = {o.id for r in results for o in r.outcomes}
-        keep = [k for k in known.values() if k.id not in ran]  # groups not run stay as they were
-        # A test that still fails keeps its line as it was (causes and notes may be curated).
-        now = [known.get(o.id) or KnownFailure(o.id, o.cause or "engine", o.detail)
-               for r in results for o in r.failed]
-        KNOWN_FAILURES_FILE.write_text(format_known_failures(keep + now), encoding="utf-8")
-        print(f"wrote {len(keep) + len(now)} known failures to {KNOWN_FAILURES_FILE}")
+    engines = tuple(args.engine or ENGINES)
+    by_engine = run_suite(args.groups or None, engines=engines)
+    for engine, results in by_engine.items():
+        path = KNOWN_FAILURES_FILES[engine]
+        known = read_known_failures(path)
+        total = passed = 0
+        print(f"-- {engine} engine")
+        for r in results:
+            total += len(r.outcomes)
+            passed += len(r.passed)
+            print(f"{r.group}: {len(r.passed)} passed, {len(r.failed)} failed "
+                  f"({sum(o.id in known for o in r.failed)} known) in {r.seconds:.1f} s")
+            if args.verbose:
+                for o in r.failed:
+                    print(f"    {o.id}  {o.cause}  {o.detail}")
+        print(f"total ({engine}): {passed} passed, {total - passed} failed, of {total}")
+        if args.write_known_failures:
+            ran = {o.id for r in results for o in r.outcomes}
+            keep = [k for k in known.values() if k.id not in ran]  # groups not run stay as they were
+            # A test that still fails keeps its line as it was (causes and notes may be curated);
+            # the compiled engine's list reuses the reference's line for the same failure.
+            curated = read_known_failures(KNOWN_FAILURES_FILE)
+            now = [known.get(o.id) or curated.get(o.id) or KnownFailure(o.id, o.cause or "engine", o.detail)
+                   for r in results for o in r.failed]
+            path.write_text(format_known_failures(keep + now, engine), encoding="utf-8")
+            print(f"wrote {len(keep) + len(now)} known failures to {path}")
     return 0
 
 

@@ -1,10 +1,12 @@
 """The official CQL conformance suite through the project's pipeline (translate -> execute).
 
-One test per group (XML file) of ../shared/cql-tests (or $TRIAL_CDS_CQL_TESTS). Each prints
-`group: N passed, M failed (K known)` and fails when a test outside the known-failure list
-(tests/conformance_known_failures.txt) fails, so the pass count can only go up. A known failure
-that passes now is reported ("now passing, remove from the list") but does not fail the run.
-Refresh the list with `python -m cds.conformance --write-known-failures`.
+One test per group (XML file) of the vendored suite, tests/conformance/cql-tests (or
+$TRIAL_CDS_CQL_TESTS). Each prints `group: N passed, M failed (K known)` and fails when a test
+outside the known-failure list (tests/conformance/known_failures.txt) fails, so the pass count
+can only go up. A known failure that passes now is reported ("now passing, remove from the list")
+but does not fail the run. Refresh the list with
+`python -m tests.conformance.harness --write-known-failures`. The suite is part of the
+repository, so it never skips: a missing suite is a failure.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from decimal import Decimal
 
 import pytest
 
-from cds import conformance as cf
 from cds.engine.values import CqlDate, CqlDateTime, CqlTime, Interval, Quantity, Uncertainty
+from tests.conformance import harness as cf
 
 SUITE = cf.suite_dir()
 ABSENT = ("the CQL conformance suite is absent: no cql/*.xml under "
           + (f"${cf.ENV_VAR}={os.environ[cf.ENV_VAR]}" if os.environ.get(cf.ENV_VAR)
-             else f"{cf.REPO_ROOT.parent / 'shared' / 'cql-tests'} (or set ${cf.ENV_VAR})"))
+             else f"{cf.VENDORED_SUITE} (it is part of the repository: restore it)"))
 GROUPS = sorted(p.stem for p in (SUITE / "cql").glob("*.xml")) if SUITE else ["(suite absent)"]
 
 
@@ -78,12 +80,22 @@ def test_dates_times_and_quantities() -> None:
     assert cf.literal_value("{1, 2}") == (False, None)
 
 
-def test_known_failure_list_is_well_formed() -> None:
-    known = cf.read_known_failures()  # raises on a malformed line
-    lines = [ln.split()[0] for ln in cf.KNOWN_FAILURES_FILE.read_text(encoding="utf-8").splitlines()
+@pytest.mark.parametrize("engine", cf.ENGINES)
+def test_known_failure_list_is_well_formed(engine: str) -> None:
+    path = cf.KNOWN_FAILURES_FILES[engine]
+    known = cf.read_known_failures(path)  # raises on a malformed line
+    lines = [ln.split()[0] for ln in path.read_text(encoding="utf-8").splitlines()
              if ln.strip() and not ln.startswith("#")]
     assert lines == sorted(lines), "keep the known-failure list sorted"
     assert len(lines) == len(known), "a test is listed twice"
+
+
+def test_compiled_engine_may_fail_only_where_the_reference_does() -> None:
+    """Its known failures are a subset of the reference engine's (each run also checks the
+    compiled engine's failures against the reference engine's outcome of the same test)."""
+    compiled = cf.read_known_failures(cf.KNOWN_FAILURES_FILES["compiled"])
+    reference = cf.read_known_failures(cf.KNOWN_FAILURES_FILES["reference"])
+    assert sorted(set(compiled) - set(reference)) == []
 
 
 # -- the suite -----------------------------------------------------------------------------
@@ -92,15 +104,15 @@ def test_known_failure_list_is_well_formed() -> None:
 @pytest.fixture(scope="module")
 def suite() -> dict[str, list[cf.ConformanceTest]]:
     if SUITE is None:
-        pytest.skip(ABSENT)
+        pytest.fail(ABSENT, pytrace=False)
     return cf.load_suite(SUITE)
 
 
 @pytest.fixture(scope="module")
 def runner(suite: dict[str, list[cf.ConformanceTest]]) -> Iterator[cf.ConformanceRunner]:
     # No skip when Node or the engine packages are missing: the whole project needs them, so a
-    # broken install must fail here rather than pass silently.
-    r = cf.ConformanceRunner()
+    # broken install must fail here rather than pass silently. Both engines run every test.
+    r = cf.ConformanceRunner(engines=cf.ENGINES)
     try:
         yield r
     finally:
@@ -108,49 +120,62 @@ def runner(suite: dict[str, list[cf.ConformanceTest]]) -> Iterator[cf.Conformanc
 
 
 @pytest.fixture(scope="module")
-def summary(suite: dict[str, list[cf.ConformanceTest]]) -> Iterator[dict[str, cf.GroupResult]]:
-    results: dict[str, cf.GroupResult] = {}
+def summary(suite: dict[str, list[cf.ConformanceTest]]) -> Iterator[dict[str, dict[str, cf.GroupResult]]]:
+    results: dict[str, dict[str, cf.GroupResult]] = {e: {} for e in cf.ENGINES}
     yield results
-    if not results:
-        return
-    outcomes = [o for r in results.values() for o in r.outcomes]
-    passed = sum(o.passed for o in outcomes)
-    known = cf.read_known_failures()
-    causes: dict[str, int] = {}
-    for o in outcomes:
-        if not o.passed:
-            causes[o.cause or "?"] = causes.get(o.cause or "?", 0) + 1
-    seconds = sum(r.seconds for r in results.values())
-    total = sum(len(t) for t in suite.values())
-    print(f"\nCQL conformance: {passed} passed, {len(outcomes) - passed} failed of {len(outcomes)} run "
-          f"({total} in the suite, {len(results)} groups) in {seconds:.0f} s; failures by cause: "
-          + ", ".join(f"{k} {v}" for k, v in sorted(causes.items())))
-    ids = {o.id for o in outcomes}
-    if len(results) == len(suite):
-        stale = sorted(k for k in known if k not in ids)
-        if stale:
-            print("known failures that name no test of the suite (remove them): " + ", ".join(stale))
-            warnings.warn(f"{cf.KNOWN_FAILURES_FILE.name} names tests the suite does not have: "
-                          + ", ".join(stale), stacklevel=1)
+    for engine, by_group in results.items():
+        if not by_group:
+            continue
+        outcomes = [o for r in by_group.values() for o in r.outcomes]
+        passed = sum(o.passed for o in outcomes)
+        path = cf.KNOWN_FAILURES_FILES[engine]
+        known = cf.read_known_failures(path)
+        causes: dict[str, int] = {}
+        for o in outcomes:
+            if not o.passed:
+                causes[o.cause or "?"] = causes.get(o.cause or "?", 0) + 1
+        seconds = sum(r.seconds for r in by_group.values())
+        total = sum(len(t) for t in suite.values())
+        print(f"\nCQL conformance, {engine} engine: {passed} passed, {len(outcomes) - passed} failed of "
+              f"{len(outcomes)} run ({total} in the suite, {len(by_group)} groups) in {seconds:.0f} s; "
+              "failures by cause: " + ", ".join(f"{k} {v}" for k, v in sorted(causes.items())))
+        ids = {o.id for o in outcomes}
+        if len(by_group) == len(suite):
+            stale = sorted(k for k in known if k not in ids)
+            if stale:
+                print("known failures that name no test of the suite (remove them): " + ", ".join(stale))
+                warnings.warn(f"{path.name} names tests the suite does not have: " + ", ".join(stale),
+                              stacklevel=1)
 
 
 @pytest.mark.conformance
 @pytest.mark.parametrize("group", GROUPS)
 def test_group(group: str, suite: dict[str, list[cf.ConformanceTest]], runner: cf.ConformanceRunner,
-               summary: dict[str, cf.GroupResult]) -> None:
-    known = cf.read_known_failures()
-    result = runner.run_group(group, suite[group])
-    summary[group] = result
-    failed = result.failed
-    new = [o for o in failed if o.id not in known]
-    fixed = [o for o in result.passed if o.id in known]
-    print(f"\n{group}: {len(result.passed)} passed, {len(failed)} failed ({len(failed) - len(new)} known)"
-          f" in {result.seconds:.1f} s")
-    for o in fixed:
-        print(f"  now passing, remove from the known-failure list: {o.id}")
-    if fixed:
-        warnings.warn(f"{group}: {len(fixed)} known failure(s) pass now, remove them from "
-                      f"{cf.KNOWN_FAILURES_FILE.name}: " + ", ".join(o.id for o in fixed), stacklevel=1)
-    if new:
-        pytest.fail(f"{len(new)} test(s) of {group} fail outside {cf.KNOWN_FAILURES_FILE.name}:\n"
-                    + "\n".join(f"  {o.id}  {o.cause}  # {o.detail}" for o in new), pytrace=False)
+               summary: dict[str, dict[str, cf.GroupResult]]) -> None:
+    by_engine = runner.run_group(group, suite[group])
+    problems = []
+    for engine, result in by_engine.items():
+        summary[engine][group] = result
+        path = cf.KNOWN_FAILURES_FILES[engine]
+        known = cf.read_known_failures(path)
+        failed = result.failed
+        new = [o for o in failed if o.id not in known]
+        fixed = [o for o in result.passed if o.id in known]
+        print(f"\n{group} ({engine}): {len(result.passed)} passed, {len(failed)} failed "
+              f"({len(failed) - len(new)} known) in {result.seconds:.1f} s")
+        for o in fixed:
+            print(f"  now passing on the {engine} engine, remove from {path.name}: {o.id}")
+        if fixed:
+            warnings.warn(f"{group}: {len(fixed)} known failure(s) pass now on the {engine} engine, remove them "
+                          f"from {path.name}: " + ", ".join(o.id for o in fixed), stacklevel=1)
+        if new:
+            problems.append(f"{len(new)} test(s) of {group} fail on the {engine} engine outside {path.name}:\n"
+                            + "\n".join(f"  {o.id}  {o.cause}  # {o.detail}" for o in new))
+    # The compiled engine is an optimisation of the reference engine, never a weaker one.
+    reference_failed = {o.id for o in by_engine["reference"].failed}
+    worse = [o for o in by_engine["compiled"].failed if o.id not in reference_failed]
+    if worse:
+        problems.append("the compiled engine fails where the reference engine passes:\n"
+                        + "\n".join(f"  {o.id}  {o.cause}  # {o.detail}" for o in worse))
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
