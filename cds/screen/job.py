@@ -148,7 +148,6 @@ def run_screen(
 ) -> ScreenResult:
     """Screen every patient of the Bulk export at `source` against the catalogue; write into `out`."""
     from pyspark import StorageLevel
-    from pyspark.sql import functions as F
 
     from ..engine.engine import execution_time
     from .outputs import write_outputs
@@ -190,21 +189,19 @@ def run_screen(
             total_rows = table.count()
         evaluated = time.perf_counter()
         summary = summarise(table, catalogue, chosen, gate, source, at, files)
+        summarised = time.perf_counter()
         write_outputs(spark, table, out, catalogue, chosen, summary, total_rows)
         finished = time.perf_counter()
-        patients = table.where(F.col("kind") == KIND_PATIENT).agg(
-            F.count(F.lit(1)).alias("n"), F.sum("gate_ms").alias("gate"), F.sum("trials_ms").alias("trials"),
-            F.sum(F.col("in_population").cast("int")).alias("population")).first()
-        assert patients is not None
+        patients = patient_stats(table)
     finally:
         table.unpersist()
     run = {
         "master": sc.master, "defaultParallelism": sc.defaultParallelism, "partitions": partitions,
-        "inputBytes": size, "seconds": {"evaluate": round(evaluated - started, 2), "write": round(finished - evaluated, 2),
-                                        "total": round(finished - started, 2)},
-        "engineSeconds": {"gate": round((patients["gate"] or 0) / 1000, 2),
-                          "trials": round((patients["trials"] or 0) / 1000, 2)},
-        "patients": patients["n"], "inPopulation": patients["population"],
+        "inputBytes": size,
+        "seconds": {"evaluate": round(evaluated - started, 2), "summarise": round(summarised - evaluated, 2),
+                    "write": round(finished - summarised, 2), "total": round(finished - started, 2)},
+        "engineSeconds": {"gate": round(patients["gate_ms"] / 1000, 2), "trials": round(patients["trials_ms"] / 1000, 2)},
+        "patients": patients["patients"], "inPopulation": patients["population"],
     }
     (out / RUN).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
     return ScreenResult(out=out, summary=summary, run=run)
@@ -212,57 +209,80 @@ def run_screen(
 
 def summarise(table: DataFrame, catalogue: Catalogue, chosen: Sequence[str], gate: str | None, source: str,
               at: datetime, files: Sequence[str]) -> dict[str, Any]:
-    """Every figure of the report, computed by Spark over the cached table (deterministic)."""
+    """Every figure of the report, from four queries over the cached table (deterministic).
+
+    Counts over everyone are Spark aggregations; the per-criterion and per-test figures are
+    added up on the driver while streaming the rows of patients in the population (the few
+    that matter: a catalogue's population is a small share of a health system)."""
+    from collections import Counter
+
     from pyspark.sql import functions as F
 
     from ..engine.engine import execution_time
 
     results = table.where(F.col("kind") == KIND_RESULT)
-    problems = table.where(F.col("kind") == KIND_PROBLEM)
-    patients = table.where(F.col("kind") == KIND_PATIENT)
-    p = patients.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("in_population").cast("int")).alias("pop"),
-                     F.sum("resources").alias("resources")).first()
-    assert p is not None
     verdicts: dict[str, dict[str, int]] = {t: {"likely-eligible": 0, "possibly-eligible": 0, "excluded": 0,
                                                "outside-population": 0} for t in chosen}
     for r in results.groupBy("trial", "verdict", "in_population").count().collect():
         slot = r["verdict"] if r["in_population"] else "outside-population"
         verdicts[r["trial"]][slot] += r["count"]
+
+    excluded: Counter[tuple[str, str]] = Counter()
+    only: Counter[tuple[str, str]] = Counter()
+    undecided: Counter[tuple[str, str]] = Counter()
+    missing_by_trial: Counter[tuple[str, str | None, str]] = Counter()
+    missing_patients: dict[tuple[str | None, str], set[str]] = {}
+    missing_trials: dict[tuple[str | None, str], set[str]] = {}
+    displays: dict[tuple[str | None, str], str | None] = {}
+    rows = results.where(F.col("in_population")).select("trial", "patient_id", "verdict", "excluded_by", "undecided",
+                                                         "missing_tests")
+    for r in rows.toLocalIterator():
+        trial = r["trial"]
+        if r["verdict"] == "excluded":
+            for cid in r["excluded_by"]:
+                excluded[(trial, cid)] += 1
+                if len(r["excluded_by"]) == 1:
+                    only[(trial, cid)] += 1
+        elif r["verdict"] == "possibly-eligible":
+            for cid in r["undecided"]:
+                undecided[(trial, cid)] += 1
+            for m in r["missing_tests"]:
+                key = (m["system"], m["code"])
+                missing_by_trial[(trial, m["system"], m["code"])] += 1
+                missing_patients.setdefault(key, set()).add(r["patient_id"])
+                missing_trials.setdefault(key, set()).add(trial)
+                if m["display"] and (displays.get(key) is None or m["display"] < str(displays[key])):
+                    displays[key] = m["display"]
+                displays.setdefault(key, None)
+
+    def ranked(counter: Counter[Any]) -> list[tuple[Any, int]]:
+        return sorted(counter.items(), key=lambda kv: (-kv[1], tuple(str(x) for x in kv[0])))
+
     exclusions: dict[str, list[dict[str, Any]]] = {t: [] for t in chosen}
-    for r in (results.where(F.col("in_population") & (F.col("verdict") == "excluded"))
-              .select("trial", F.explode("excluded_by").alias("criterion"), (F.size("excluded_by") == 1).alias("sole"))
-              .groupBy("trial", "criterion").agg(F.count(F.lit(1)).alias("patients"),
-                                                 F.sum(F.col("sole").cast("int")).alias("only"))
-              .orderBy(F.desc("patients"), "trial", "criterion").collect()):
-        exclusions[r["trial"]].append({"criterion": r["criterion"], "patients": r["patients"], "only": r["only"]})
-    undecided: dict[str, list[dict[str, Any]]] = {t: [] for t in chosen}
-    for r in (results.where(F.col("verdict") == "possibly-eligible")
-              .select("trial", F.explode("undecided").alias("criterion"))
-              .groupBy("trial", "criterion").count().orderBy(F.desc("count"), "trial", "criterion").collect()):
-        undecided[r["trial"]].append({"criterion": r["criterion"], "patients": r["count"]})
-    possibly = results.where(F.col("verdict") == "possibly-eligible").select(
-        "trial", "patient_id", F.explode("missing_tests").alias("m"))
-    missing_by_trial: dict[str, list[dict[str, Any]]] = {t: [] for t in chosen}
-    for r in (possibly.groupBy("trial", "m.system", "m.code").agg(
-              F.countDistinct("patient_id").alias("patients"), F.min("m.display").alias("display"))
-              .orderBy(F.desc("patients"), "trial", "system", "code").collect()):
-        missing_by_trial[r["trial"]].append({"system": r["system"], "code": r["code"], "display": r["display"],
-                                             "patients": r["patients"]})
-    missing = [{"system": r["system"], "code": r["code"], "display": r["display"], "patients": r["patients"],
-                "trials": r["trials"]}
-               for r in possibly.groupBy("m.system", "m.code").agg(
-                   F.countDistinct("patient_id").alias("patients"), F.min("m.display").alias("display"),
-                   F.countDistinct("trial").alias("trials"))
-               .orderBy(F.desc("patients"), "system", "code").collect()]
+    for (trial, cid), n in ranked(excluded):
+        exclusions[trial].append({"criterion": cid, "patients": n, "only": only[(trial, cid)]})
+    undecided_out: dict[str, list[dict[str, Any]]] = {t: [] for t in chosen}
+    for (trial, cid), n in ranked(undecided):
+        undecided_out[trial].append({"criterion": cid, "patients": n})
+    by_trial: dict[str, list[dict[str, Any]]] = {t: [] for t in chosen}
+    for (trial, system, code), n in ranked(missing_by_trial):
+        by_trial[trial].append({"system": system, "code": code, "display": displays[(system, code)], "patients": n})
+    missing = [{"system": k[0], "code": k[1], "display": displays[k], "patients": n, "trials": len(missing_trials[k])}
+               for k, n in ranked(Counter({k: len(v) for k, v in missing_patients.items()}))]
+
     line_problems: dict[str, dict[str, int]] = {}
-    for r in (problems.where(F.col("patient_id").isNull()).groupBy("problem", "detail")
-              .agg(F.sum("count").alias("n")).collect()):
-        line_problems.setdefault(r["problem"], {})[r["detail"] or ""] = int(r["n"])
-    patient_problems: dict[str, dict[str, int]] = {
-        r["problem"]: {"patients": int(r["patients"]), "count": int(r["n"])}
-        for r in (problems.where(F.col("patient_id").isNotNull()).groupBy("problem")
-                  .agg(F.count(F.lit(1)).alias("patients"), F.sum("count").alias("n")).collect())}
+    patient_problems: dict[str, dict[str, int]] = {}
+    is_line = F.col("patient_id").isNull()
+    for r in (table.where(F.col("kind") == KIND_PROBLEM)
+              .select("problem", F.when(is_line, F.col("detail")).alias("detail"), is_line.alias("line"), "count")
+              .groupBy("problem", "detail", "line").agg(F.count(F.lit(1)).alias("rows"), F.sum("count").alias("n"))
+              .collect()):
+        if r["line"]:
+            line_problems.setdefault(r["problem"], {})[r["detail"] or ""] = int(r["n"])
+        else:
+            patient_problems[r["problem"]] = {"patients": int(r["rows"]), "count": int(r["n"])}
     not_read = line_problems.pop(bulk.NOT_READ, {})
+    p = patient_stats(table)
     trial_defs = {t.id: t for t in catalogue.trials}
     return {
         "at": execution_time(at),
@@ -271,15 +291,28 @@ def summarise(table: DataFrame, catalogue: Catalogue, chosen: Sequence[str], gat
         "trials": [{"id": t, "title": trial_defs[t].title, "nct": trial_defs[t].nct,
                     "criteria": {c.id: {"type": c.kind, "text": c.text} for c in trial_defs[t].criteria}}
                    for t in chosen],
-        "patients": {"screened": int(p["n"] or 0), "inPopulation": int(p["pop"] or 0),
-                     "resources": int(p["resources"] or 0),
+        "patients": {"screened": p["patients"], "inPopulation": p["population"], "resources": p["resources"],
                      "notScreened": sum(v["patients"] for k, v in patient_problems.items() if k != DUPLICATES)},
         "verdicts": verdicts,
         "exclusions": exclusions,
-        "undecided": undecided,
+        "undecided": undecided_out,
         "missingTests": missing,
-        "missingTestsByTrial": missing_by_trial,
+        "missingTestsByTrial": by_trial,
         "lineProblems": {k: dict(sorted(v.items())) for k, v in sorted(line_problems.items())},
         "patientProblems": dict(sorted(patient_problems.items())),
         "notReadByRules": dict(sorted(not_read.items())),
     }
+
+
+def patient_stats(table: DataFrame) -> dict[str, Any]:
+    """Patients screened, in the population, resources evaluated, engine time (gate, trials)."""
+    from pyspark.sql import functions as F
+
+    r = table.where(F.col("kind") == KIND_PATIENT).agg(
+        F.count(F.lit(1)).alias("patients"), F.sum(F.col("in_population").cast("int")).alias("population"),
+        F.sum("resources").alias("resources"), F.sum("gate_ms").alias("gate_ms"),
+        F.sum("trials_ms").alias("trials_ms")).first()
+    assert r is not None
+    return {"patients": int(r["patients"] or 0), "population": int(r["population"] or 0),
+            "resources": int(r["resources"] or 0), "gate_ms": float(r["gate_ms"] or 0),
+            "trials_ms": float(r["trials_ms"] or 0)}

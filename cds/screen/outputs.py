@@ -54,7 +54,7 @@ def write_outputs(spark: SparkSession, table: DataFrame, out: Path, catalogue: C
     titles = {t.id: t.title for t in catalogue.trials}
     verdict_rank = F.when(F.col("verdict") == "likely-eligible", 0).otherwise(1)
     worklist = (results.where(F.col("verdict").isin(*VERDICT_ORDER))
-                .orderBy(verdict_rank, "trial_order", F.size("undecided"), "patient_id"))
+                .orderBy(verdict_rank, "trial_order", F.size("undecided"), "patient_id").coalesce(1))
     with (out / WORKLIST).open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(WORKLIST_HEADER)
@@ -65,7 +65,7 @@ def write_outputs(spark: SparkSession, table: DataFrame, out: Path, catalogue: C
 
     not_screened = (table.where((F.col("kind") == KIND_PROBLEM) & F.col("patient_id").isNotNull()
                                 & (F.col("problem") != "duplicate-lines"))
-                    .select("patient_id", "problem", "detail").orderBy("patient_id", "problem"))
+                    .select("patient_id", "problem", "detail").orderBy("patient_id", "problem").coalesce(1))
     with (out / NOT_SCREENED).open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["patient_id", "problem", "detail"])
