@@ -53,11 +53,20 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 class TreeMemory:
-    """Peak summed RSS of a process and all its descendants, sampled."""
+    """Peak summed RSS of a process and all its descendants, and their CPU time, sampled."""
 
     def __init__(self, pid: int, every: float = 0.2) -> None:
         self.pid, self.every, self.peak_kb = pid, every, 0
+        self.cpu: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -71,6 +80,7 @@ class TreeMemory:
                     continue
                 seen.add(p)
                 total += _rss_kb(p)
+                self.cpu[p] = max(self.cpu.get(p, 0), _cpu_ticks(p))
                 todo += _children(p)
             self.peak_kb = max(self.peak_kb, total)
 
@@ -102,11 +112,12 @@ def screen(export: Path, out: Path, master: str) -> dict[str, Any]:
     _, stderr = proc.communicate()
     wall = time.perf_counter() - started
     peak = memory.stop()
+    cpu = sum(memory.cpu.values()) / os.sysconf("SC_CLK_TCK")
     if proc.returncode != 0:
         raise SystemExit(f"screen failed ({proc.returncode}):\n{stderr[-3000:]}")
     run = json.loads((out / "run.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
-    return {"wall": wall, "peak_mb": peak / 1024, "run": run, "summary": summary,
+    return {"wall": wall, "cpu": cpu, "peak_mb": peak / 1024, "run": run, "summary": summary,
             "bytes": du(out), "parquet": du(out / "results.parquet")}
 
 
@@ -116,6 +127,8 @@ def report(label: str, n: int, r: dict[str, Any], cores: int) -> None:
     print(f"\n== {label}: {n:,} patients, master {run['master']} ({run['defaultParallelism']} cores, "
           f"{run['partitions']} partitions), load average {os.getloadavg()[0]:.2f}")
     print(f"  end to end            {r['wall']:8.1f} s   ({rate:,.0f} patients/s, {rate / cores:,.0f} per core)")
+    print(f"  CPU time (tree)       {r['cpu']:8.1f} s   ({n / r['cpu']:,.0f} patients per CPU-second: "
+          "per-core throughput, less sensitive to other load than wall time)")
     print(f"  in the job            {run['seconds']['total']:8.1f} s   (read+group+evaluate {run['seconds']['evaluate']:.1f}, "
           f"summarise {run['seconds']['summarise']:.1f}, write {run['seconds']['write']:.1f}); the rest is JVM/Spark start")
     gate, trials = run["engineSeconds"]["gate"], run["engineSeconds"]["trials"]

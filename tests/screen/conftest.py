@@ -70,3 +70,12 @@ def read_ndjson(path: Path) -> list[dict[str, Any]]:
             if isinstance(doc, dict):
                 out.append(doc)
     return out
+
+
+@pytest.fixture(scope="session")
+def standalone_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Spark standalone master with two one-core workers, from the pyspark package."""
+    from .cluster import StandaloneCluster
+
+    with StandaloneCluster(2, tmp_path_factory.mktemp("spark-cluster")) as cluster:
+        yield cluster
