@@ -212,8 +212,9 @@ def summarise(table: DataFrame, catalogue: Catalogue, chosen: Sequence[str], gat
     """Every figure of the report, from four queries over the cached table (deterministic).
 
     Counts over everyone are Spark aggregations; the per-criterion and per-test figures are
-    added up on the driver while streaming the rows of patients in the population (the few
-    that matter: a catalogue's population is a small share of a health system)."""
+    added up on the driver from the compact rows of patients in the population (the few that
+    matter: a catalogue's population is a small share of a health system). One `collect` is one
+    Spark job; `toLocalIterator` would be one job per partition."""
     from collections import Counter
 
     from pyspark.sql import functions as F
@@ -236,7 +237,7 @@ def summarise(table: DataFrame, catalogue: Catalogue, chosen: Sequence[str], gat
     displays: dict[tuple[str | None, str], str | None] = {}
     rows = results.where(F.col("in_population")).select("trial", "patient_id", "verdict", "excluded_by", "undecided",
                                                          "missing_tests")
-    for r in rows.toLocalIterator():
+    for r in rows.collect():
         trial = r["trial"]
         if r["verdict"] == "excluded":
             for cid in r["excluded_by"]:

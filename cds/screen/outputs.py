@@ -48,28 +48,30 @@ def write_outputs(spark: SparkSession, table: DataFrame, out: Path, catalogue: C
     out.mkdir(parents=True, exist_ok=True)
     results = table.where(F.col("kind") == KIND_RESULT)
     files = max(1, math.ceil(total_rows / ROWS_PER_FILE))
-    (results.select(*RESULT_COLUMNS, "trial_order").orderBy("patient_id", "trial_order").drop("trial_order")
-     .coalesce(files).write.mode("overwrite").option("compression", "zstd").parquet(str(out / RESULTS)))
+    # The table's partitions are Spark's hash partitions of the patient ids (deterministic), so
+    # coalescing them and sorting within gives the same files on a rerun without another shuffle.
+    (results.select(*RESULT_COLUMNS, "trial_order").coalesce(files).sortWithinPartitions("patient_id", "trial_order")
+     .drop("trial_order").write.mode("overwrite").option("compression", "zstd").parquet(str(out / RESULTS)))
 
     titles = {t.id: t.title for t in catalogue.trials}
-    verdict_rank = F.when(F.col("verdict") == "likely-eligible", 0).otherwise(1)
-    worklist = (results.where(F.col("verdict").isin(*VERDICT_ORDER))
-                .orderBy(verdict_rank, "trial_order", F.size("undecided"), "patient_id").coalesce(1))
+    # Candidates and unscreened patients are few (a share of the population); one collect each.
+    worklist = sorted(results.where(F.col("verdict").isin(*VERDICT_ORDER)).collect(),
+                      key=lambda r: (VERDICT_ORDER[r["verdict"]], r["trial_order"], len(r["undecided"]), r["patient_id"]))
     with (out / WORKLIST).open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(WORKLIST_HEADER)
-        for r in worklist.toLocalIterator():
+        for r in worklist:
             writer.writerow([r["verdict"], r["trial"], titles.get(r["trial"], ""), r["patient_id"],
                              " ".join(r["undecided"]), "; ".join(_coding_text(m) for m in r["missing_tests"]),
                              len(r["to_confirm"]), r["oldest_evidence"] or "", r["newest_evidence"] or ""])
 
     not_screened = (table.where((F.col("kind") == KIND_PROBLEM) & F.col("patient_id").isNotNull()
                                 & (F.col("problem") != "duplicate-lines"))
-                    .select("patient_id", "problem", "detail").orderBy("patient_id", "problem").coalesce(1))
+                    .select("patient_id", "problem", "detail").collect())
     with (out / NOT_SCREENED).open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["patient_id", "problem", "detail"])
-        for r in not_screened.toLocalIterator():
+        for r in sorted(not_screened, key=lambda r: (r["patient_id"], r["problem"])):
             writer.writerow([r["patient_id"], r["problem"], r["detail"] or ""])
 
     (out / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
