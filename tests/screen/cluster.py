@@ -104,5 +104,5 @@ class StandaloneCluster:
     def __enter__(self) -> StandaloneCluster:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

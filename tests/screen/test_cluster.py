@@ -20,7 +20,7 @@ def test_screen_on_a_standalone_cluster_writes_what_local_mode_writes(standalone
     done = subprocess.run(
         [str(Path(sys.executable).with_name("trial-cds")), "screen", str(generated.path), "--out", str(out),
          "--at", EVAL_AT.isoformat(), "--master", standalone_cluster.url],
-        env=standalone_cluster.env, capture_output=True, text=True, timeout=600)
+        env=standalone_cluster.env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     run = json.loads((out / "run.json").read_text())
     assert run["master"] == standalone_cluster.url and run["defaultParallelism"] == 2

@@ -129,7 +129,7 @@ def test_unusable_lines_are_counted_and_reported_not_guessed(screened: ScreenRes
 
 def test_a_rerun_writes_identical_output(spark: Any, screened: ScreenResult, generated: Population,
                                          catalogue: Catalogue, tmp_path: Path) -> None:
-    again = run_screen(spark, str(generated.path), tmp_path, catalogue, EVAL_AT, partitions=5)
+    run_screen(spark, str(generated.path), tmp_path, catalogue, EVAL_AT, partitions=5)
     for name in ("summary.json", "worklist.csv", "not-screened.csv", "report.html"):
         assert (tmp_path / name).read_bytes() == (screened.out / name).read_bytes(), name
     assert parquet_rows(spark, tmp_path) == parquet_rows(spark, screened.out)
