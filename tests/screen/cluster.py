@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Self
 
 SPARK_CLASS = Path(sys.executable).with_name("spark-class")
 
@@ -101,7 +101,7 @@ class StandaloneCluster:
         for d in reversed(self.daemons):
             d.stop()
 
-    def __enter__(self) -> StandaloneCluster:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

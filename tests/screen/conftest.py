@@ -16,11 +16,11 @@ import pytest
 
 pytest.importorskip("pyspark", reason="the [screen] extra (pyspark) is not installed")
 
-from cds.catalogue import Catalogue  # noqa: E402
-from cds.paths import BUNDLES_DIR  # noqa: E402
-from cds.screen import ScreenResult, run_screen, spark_session  # noqa: E402
-from cds.synthetic import population  # noqa: E402
-from tests.conftest import EVAL_AT  # noqa: E402
+from cds.catalogue import Catalogue
+from cds.paths import BUNDLES_DIR
+from cds.screen import ScreenResult, run_screen, spark_session
+from cds.synthetic import population
+from tests.conftest import EVAL_AT
 
 PATIENTS = 300
 SLE_RATE = 0.35  # enriched so that every SLE profile shows up in a few hundred patients
