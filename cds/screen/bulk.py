@@ -19,9 +19,9 @@ the shuffle.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..engine.pool import ENGINE_DIR
 
@@ -50,18 +50,38 @@ MODEL_INFO = ENGINE_DIR / "node_modules" / "cql-exec-fhir" / "lib" / "modelInfos
 
 
 @lru_cache(maxsize=1)
-def fhir_resource_types() -> frozenset[str]:
-    """Every FHIR R4 resource type, as the engine's own FHIR 4.0.1 model info lists them."""
+def _model_info() -> dict[str, str | None]:
+    """Resource type -> its primary code path, from the engine's own FHIR 4.0.1 model info."""
     root = ET.parse(MODEL_INFO).getroot()
-    names = set()
+    out: dict[str, str | None] = {}
     for node in root:
         if node.tag.rsplit("}", 1)[-1] != "typeInfo":
             continue
         if node.get("baseType") in ("FHIR.DomainResource", "FHIR.Resource") and node.get("name") != "DomainResource":
-            names.add(str(node.get("name")))
-    if not names:  # pragma: no cover - a broken engine install
+            out[str(node.get("name"))] = node.get("primaryCodePath")
+    if not out:  # pragma: no cover - a broken engine install
         raise RuntimeError(f"no resource types in {MODEL_INFO}")
-    return frozenset(names)
+    return out
+
+
+def fhir_resource_types() -> frozenset[str]:
+    """Every FHIR R4 resource type, as the engine's own FHIR 4.0.1 model info lists them."""
+    return frozenset(_model_info())
+
+
+def primary_code_paths() -> dict[str, str]:
+    """Resource type -> the element its code is in (Observation: code, MedicationRequest: medication)."""
+    return {k: v for k, v in _model_info().items() if v}
+
+
+def code_systems(libraries: Mapping[str, Mapping[str, Any]]) -> frozenset[str]:
+    """Every code system the catalogue's ELM names (`codesystem` declarations)."""
+    out = set()
+    for elm in libraries.values():
+        for d in ((elm.get("library") or {}).get("codeSystems") or {}).get("def") or []:
+            if d.get("id"):
+                out.add(str(d["id"]))
+    return frozenset(out)
 
 
 def input_files(spark: SparkSession, path: str) -> tuple[list[str], int]:

@@ -31,6 +31,8 @@ from .worker import (
     KIND_PATIENT,
     KIND_PROBLEM,
     KIND_RESULT,
+    OUTSIDE_WITH_UNREADABLE,
+    UNREADABLE_CODES,
     ScreenTask,
     population_library,
     screen_partition,
@@ -170,7 +172,9 @@ def run_screen(
     read_types = set(data_requirements(names, catalogue.libraries))
     task = ScreenTask(catalogue=catalogue, trials=tuple(chosen), at=execution_time(at), gate=gate,
                       pool_size=pool_size, timeout=timeout, key=catalogue_key(catalogue),
-                      orderable=frozenset(orderable_codes(catalogue.libraries)))
+                      orderable=frozenset(orderable_codes(catalogue.libraries)),
+                      known_systems=bulk.code_systems(catalogue.libraries),
+                      code_paths=tuple(sorted(bulk.primary_code_paths().items())))
     shipped = sc.broadcast(task)
     counts = sc.accumulator({}, DictAccumulator())
 
@@ -283,6 +287,8 @@ def summarise(table: DataFrame, catalogue: Catalogue, chosen: Sequence[str], gat
         else:
             patient_problems[r["problem"]] = {"patients": int(r["rows"]), "count": int(r["n"])}
     not_read = line_problems.pop(bulk.NOT_READ, {})
+    unreadable = line_problems.pop(UNREADABLE_CODES, {})
+    outside_unreadable = sum(line_problems.pop(OUTSIDE_WITH_UNREADABLE, {}).values())
     p = patient_stats(table)
     trial_defs = {t.id: t for t in catalogue.trials}
     return {
@@ -302,6 +308,8 @@ def summarise(table: DataFrame, catalogue: Catalogue, chosen: Sequence[str], gat
         "lineProblems": {k: dict(sorted(v.items())) for k, v in sorted(line_problems.items())},
         "patientProblems": dict(sorted(patient_problems.items())),
         "notReadByRules": dict(sorted(not_read.items())),
+        "codesNoRuleReads": {"resources": dict(sorted(unreadable.items(), key=lambda kv: (-kv[1], kv[0]))),
+                             "patientsOutsidePopulation": outside_unreadable},
     }
 
 

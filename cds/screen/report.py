@@ -202,6 +202,16 @@ def render(summary: Mapping[str, Any]) -> str:
             f"<tr><td>{escape(PROBLEM_TEXT.get(k, k))}</td><td class=\"n\">{_n(v['count'] if k == 'duplicate-lines' else v['patients'])}</td></tr>"
             for k, v in summary["patientProblems"].items()) + "</table><p>Patients not screened are listed in "
             "<code>not-screened.csv</code>.</p>")
+    codes = summary.get("codesNoRuleReads") or {}
+    if codes.get("resources"):
+        out.append("<h3>Codes no rule reads</h3><p>Resources coded only in code systems the catalogue's rules do not "
+                   "name (or not coded at all): no criterion can classify them. <b>"
+                   f"{_n(codes['patientsOutsidePopulation'])}</b> patients outside the catalogue's population have at "
+                   "least one: their diagnosis may be recorded in a coding the rules cannot read (for example WHO "
+                   "ICD-10 where the rules list ICD-10-CM); review them or extend the value sets.</p>")
+        out.append("<table><tr><th>resource type and code systems</th><th>resources</th></tr>" + "".join(
+            f'<tr><td><code>{escape(k)}</code></td><td class="n">{_n(v)}</td></tr>'
+            for k, v in list(codes["resources"].items())[:12]) + "</table>")
     if summary["notReadByRules"]:
         out.append("<p>Resource types the rules never read (skipped): " + ", ".join(
             f"{escape(k)} {_n(v)}" for k, v in summary["notReadByRules"].items()) + ".</p>")

@@ -35,6 +35,11 @@ CONFLICTING_VERSIONS = "conflicting-versions"
 UNREADABLE = "unreadable-resource"
 EVALUATION_FAILED = "evaluation-failed"
 DUPLICATES = "duplicate-lines"
+# Resources whose code is in no code system the rules name (or that have no coding): no rule can
+# classify them. Counted by type and systems; and patients outside the population who have one,
+# since such a record may hold the diagnosis the gate looks for in a coding it cannot read.
+UNREADABLE_CODES = "codes-no-rule-reads"
+OUTSIDE_WITH_UNREADABLE = "outside-population-with-unreadable-codes"
 
 KIND_RESULT, KIND_PATIENT, KIND_PROBLEM = "result", "patient", "problem"
 OUT_FIELDS = ("kind", "patient_id", "trial", "trial_order", "in_population", "verdict", "criteria", "excluded_by",
@@ -65,6 +70,9 @@ class ScreenTask:
     key: str = field(default="")
     # The code to order for each test (the first of each ELM code list), as the cards suggest.
     orderable: frozenset[tuple[str, str]] = frozenset()
+    # Code systems the rules name, and where each resource type keeps its code (model info).
+    known_systems: frozenset[str] = frozenset()
+    code_paths: tuple[tuple[str, str], ...] = ()
 
 
 # -- one engine per Python worker process ----------------------------------------------------
@@ -195,8 +203,30 @@ def problem_row(kind: str, detail: str | None, count: int, patient_id: str | Non
 Counter = Callable[[str, int], None]
 
 
+def unreadable_codes(bundle: Mapping[str, Any], task: ScreenTask) -> list[str]:
+    """`Type system,system` (or `Type (no coding)`) for each coded resource no rule can classify."""
+    if not task.known_systems:
+        return []
+    paths = dict(task.code_paths)
+    out = []
+    for entry in bundle["entry"]:
+        res = entry["resource"]
+        path = paths.get(str(res.get("resourceType")))
+        if not path or res.get("resourceType") == "Patient":
+            continue
+        concept = res.get(path, res.get(f"{path}CodeableConcept"))
+        if not isinstance(concept, Mapping):
+            continue  # no code element, or a reference (Medication): not judged here
+        codings = concept.get("coding")
+        systems = sorted({str(c.get("system")) for c in codings or [] if isinstance(c, Mapping) and c.get("system")})
+        if not systems or not task.known_systems.intersection(systems):
+            out.append(f"{res['resourceType']} {','.join(systems) or '(no coding)'}")
+    return out
+
+
 def screen_patient(engine: Engine, task: ScreenTask, patient_id: str, lines: Sequence[str],
-                   count: Counter) -> list[tuple[Any, ...]]:
+                   count: Counter, codes: dict[str, int] | None = None) -> list[tuple[Any, ...]]:
+    """Rows for one patient; `codes` collects unreadable-code counts (added up per partition)."""
     try:
         bundle, duplicates = assemble(patient_id, lines)
     except RecordProblem as exc:
@@ -230,6 +260,12 @@ def screen_patient(engine: Engine, task: ScreenTask, patient_id: str, lines: Seq
                 count(f"{result.verdict}:{result.researchStudy}", 1)
     else:
         rows += [outside_row(patient_id, order, trial) for order, trial in enumerate(task.trials)]
+    unreadable = unreadable_codes(bundle, task)
+    if codes is not None:
+        for detail in unreadable:
+            codes[detail] = codes.get(detail, 0) + 1
+        if unreadable and not in_population:
+            codes[""] = codes.get("", 0) + 1
     rows.append(patient_row(patient_id, in_population, len(bundle["entry"]), (gated - started) * 1000,
                             (done - gated) * 1000))
     return rows
@@ -240,6 +276,7 @@ def screen_partition(task: ScreenTask, count: Counter) -> Callable[[Iterable[Any
 
     def run(rows: Iterable[Any]) -> Iterator[tuple[Any, ...]]:
         engine: Engine | None = None
+        codes: dict[str, int] = {}
         for row in rows:
             key, lines, n = row[0], row[1], row[2]
             if key.startswith(PROBLEM):
@@ -248,6 +285,8 @@ def screen_partition(task: ScreenTask, count: Counter) -> Callable[[Iterable[Any
                 continue
             if engine is None:
                 engine = engine_for(task)
-            yield from screen_patient(engine, task, key, lines, count)
+            yield from screen_patient(engine, task, key, lines, count, codes)
+        for detail, n in sorted(codes.items()):
+            yield problem_row(OUTSIDE_WITH_UNREADABLE if detail == "" else UNREADABLE_CODES, detail or None, n)
 
     return run

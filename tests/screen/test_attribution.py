@@ -121,6 +121,33 @@ def test_assemble_drops_identical_duplicates_and_refuses_conflicts() -> None:
     assert exc.value.kind == "no-patient-resource"
 
 
+def test_unreadable_codes_are_those_in_no_system_the_rules_name(catalogue: Catalogue) -> None:
+    from cds.screen.bulk import code_systems, primary_code_paths
+    from cds.screen.worker import ScreenTask, unreadable_codes
+
+    task = ScreenTask(catalogue=catalogue, trials=(), at="2026-11-26T09:00:00.000Z", gate=None,
+                      known_systems=code_systems(catalogue.libraries), code_paths=tuple(primary_code_paths().items()))
+    assert {"http://snomed.info/sct", "http://loinc.org", "http://hl7.org/fhir/sid/icd-10-cm"} <= task.known_systems
+
+    def cond(*systems: str, text: str | None = None) -> dict[str, Any]:
+        code: dict[str, Any] = {"coding": [{"system": s, "code": "x"} for s in systems]}
+        if text:
+            code["text"] = text
+        return {"resource": {"resourceType": "Condition", "id": "c", "code": code}}
+
+    bundle = {"entry": [
+        {"resource": {"resourceType": "Patient", "id": "p"}},
+        cond("http://snomed.info/sct", "http://hl7.org/fhir/sid/icd-10"),  # readable: SNOMED beside WHO
+        cond("http://hl7.org/fhir/sid/icd-10"),
+        cond(text="lupus"),
+        {"resource": {"resourceType": "MedicationRequest", "id": "m",
+                      "medicationCodeableConcept": {"coding": [{"system": "urn:local:formulary", "code": "17"}]}}},
+        {"resource": {"resourceType": "MedicationRequest", "id": "r", "medicationReference": {"reference": "Medication/1"}}},
+    ]}
+    assert unreadable_codes(bundle, task) == ["Condition http://hl7.org/fhir/sid/icd-10", "Condition (no coding)",
+                                              "MedicationRequest urn:local:formulary"]
+
+
 def test_a_small_export_for_one_trial(spark: Any, catalogue: Catalogue, tmp_path: Path) -> None:
     """--trial narrows the screen; conflicting versions and a lone resource leave a patient unscreened."""
     from cds.synthetic import population

@@ -127,6 +127,18 @@ def test_unusable_lines_are_counted_and_reported_not_guessed(screened: ScreenRes
     assert "Observaton" in report and "without a usable patient reference" in report
 
 
+def test_patients_coded_in_systems_no_rule_reads_are_surfaced(screened: ScreenResult, generated: Population) -> None:
+    """SLE coded only in WHO ICD-10 is outside what the rules read today: the gate leaves such a patient
+    out, and the report says how many patients outside the population hold codes no rule reads."""
+    profiles = generated.manifest["extension"]["https://trial-cds.dev/synthetic-population"]["profiles"]
+    who_only = profiles.get("sle-coding:who-icd10-only", 0)
+    assert who_only > 0
+    codes = screened.summary["codesNoRuleReads"]
+    assert codes["patientsOutsidePopulation"] >= who_only
+    assert codes["resources"]["Condition http://hl7.org/fhir/sid/icd-10"] >= who_only
+    assert "Codes no rule reads" in (screened.out / "report.html").read_text(encoding="utf-8")
+
+
 def test_a_rerun_writes_identical_output(spark: Any, screened: ScreenResult, generated: Population,
                                          catalogue: Catalogue, tmp_path: Path) -> None:
     run_screen(spark, str(generated.path), tmp_path, catalogue, EVAL_AT, partitions=5)
