@@ -280,8 +280,10 @@ def screen(
         result = run_screen(spark, source, out, cat, when, trials=chosen, partitions=partitions,
                             progress=view.update if view else None)
     except ScreenError as exc:
+        from .screen import ScreenFailed
+
         err.print(str(exc), markup=False, highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(1 if isinstance(exc, ScreenFailed) else 2) from None
     finally:
         if view:
             view.close()

@@ -18,6 +18,7 @@ the shuffle.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
@@ -105,6 +106,15 @@ def input_files(spark: SparkSession, path: str) -> tuple[list[str], int]:
             files.append((status.getPath().toString(), status.getLen()))
     files.sort()
     return [f for f, _ in files], sum(size for _, size in files)
+
+
+_PATIENT_FILE = re.compile(r"(?:^|[._-])Patient(?:[._-]|$)")
+
+
+def patient_files(files: Iterable[str]) -> list[str]:
+    """The files named for Patient resources (`Patient.ndjson`, `1.Patient.000.ndjson`, ...), as
+    Bulk Data clients name them; used only to tell the progress display how many patients to expect."""
+    return [f for f in files if _PATIENT_FILE.search(f.rsplit("/", 1)[-1].split(".ndjson")[0])]
 
 
 def _problem(kind: str | Column, detail: Column | None = None) -> Column:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +53,22 @@ RUN = "run.json"
 
 class ScreenError(RuntimeError):
     """The job cannot run as asked (bad input path, unknown trial, no engine)."""
+
+
+class ScreenFailed(ScreenError):
+    """The job started and failed (an executor could not run the engine, storage failed, ...)."""
+
+
+_EXCEPTION_LINE = re.compile(r"^\s*([\w.]+(?:Error|Exception|Unavailable|Timeout)(?::.*)?)$")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The line that says what went wrong in a Spark failure (whose text holds whole JVM and Python
+    tracebacks), e.g. `cds.engine.pool.EngineUnavailable: Node.js is not installed`."""
+    lines = [m.group(1).strip() for m in (_EXCEPTION_LINE.match(x) for x in str(exc).splitlines()) if m]
+    python = [x for x in lines if not x.startswith(("org.", "java.", "scala.", "py4j."))]
+    chosen = (python or lines or [str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__])[-1]
+    return chosen[:400]
 
 
 def out_schema() -> Any:
@@ -148,17 +165,32 @@ def run_screen(
     timeout: float = 30.0,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> ScreenResult:
-    """Screen every patient of the Bulk export at `source` against the catalogue; write into `out`."""
+    """Screen every patient of the Bulk export at `source` against the catalogue; write into `out`.
+
+    Raises ScreenError with a one-line reason for anything that stops the job (a bad path, an
+    engine that cannot start on an executor); a patient whose evaluation fails is reported, not fatal."""
+    started = time.perf_counter()
+    chosen = choose_trials(catalogue, trials)
+    if not chosen:
+        raise ScreenError("the catalogue has no trial to screen for")
+    try:
+        return _run(spark, source, out, catalogue, at, chosen, started, partitions=partitions, pool_size=pool_size,
+                    timeout=timeout, progress=progress)
+    except ScreenError:
+        raise
+    except Exception as exc:  # Spark wraps an executor's failure in JVM and Python tracebacks
+        raise ScreenFailed(f"the screening job failed: {failure_reason(exc)}") from exc
+
+
+def _run(spark: SparkSession, source: str, out: Path, catalogue: Catalogue, at: datetime, chosen: list[str],
+         started: float, *, partitions: int | None, pool_size: int, timeout: float,
+         progress: Callable[[dict[str, Any]], None] | None) -> ScreenResult:
     from pyspark import StorageLevel
 
     from ..engine.engine import execution_time
     from .outputs import write_outputs
     from .progress import DictAccumulator, watch
 
-    started = time.perf_counter()
-    chosen = choose_trials(catalogue, trials)
-    if not chosen:
-        raise ScreenError("the catalogue has no trial to screen for")
     gate = population_library(catalogue)
     files, size = bulk.input_files(spark, source)
     if not files:
@@ -189,7 +221,11 @@ def run_screen(
     rows = grouped.rdd.mapPartitions(partition)
     table = spark.createDataFrame(rows, out_schema(), verifySchema=False).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        with watch(sc, counts, progress):
+        expected = None
+        if progress is not None and bulk.patient_files(files):
+            # A quick JVM-only line count of the Patient files: the progress display's denominator.
+            expected = spark.read.text(bulk.patient_files(files)).where("trim(value) != ''").count()
+        with watch(sc, counts, progress, expected=expected):
             total_rows = table.count()
         evaluated = time.perf_counter()
         summary = summarise(table, catalogue, chosen, gate, source, at, files)

@@ -32,7 +32,7 @@ class DictAccumulator(AccumulatorParam):  # type: ignore[type-arg]
         return a
 
 
-def snapshot(sc: Any, counts: Any) -> dict[str, Any]:
+def snapshot(sc: Any, counts: Any, expected: int | None = None) -> dict[str, Any]:
     tracker = sc.statusTracker()
     stages = []
     for stage_id in sorted(tracker.getActiveStageIds()):
@@ -40,12 +40,12 @@ def snapshot(sc: Any, counts: Any) -> dict[str, Any]:
         if info is not None:
             stages.append({"id": stage_id, "name": info.name, "tasks": info.numTasks,
                            "done": info.numCompletedTasks, "running": info.numActiveTasks})
-    return {"stages": stages, "counts": dict(counts.value)}
+    return {"stages": stages, "counts": dict(counts.value), "expected": expected}
 
 
 @contextmanager
 def watch(sc: Any, counts: Any, progress: Callable[[dict[str, Any]], None] | None,
-          every: float = 0.5) -> Iterator[None]:
+          every: float = 0.5, expected: int | None = None) -> Iterator[None]:
     """Call `progress(snapshot)` every `every` seconds while the block runs, and once at the end."""
     if progress is None:
         yield
@@ -55,7 +55,7 @@ def watch(sc: Any, counts: Any, progress: Callable[[dict[str, Any]], None] | Non
     def loop() -> None:
         while not stop.wait(every):
             try:
-                progress(snapshot(sc, counts))
+                progress(snapshot(sc, counts, expected))
             except Exception:  # progress display must never fail the job
                 log.debug("progress display failed", exc_info=True)
 
@@ -66,7 +66,7 @@ def watch(sc: Any, counts: Any, progress: Callable[[dict[str, Any]], None] | Non
     finally:
         stop.set()
         thread.join()
-        progress(snapshot(sc, counts) | {"final": True})
+        progress(snapshot(sc, counts, expected) | {"final": True})
 
 
 class ProgressView:
@@ -79,7 +79,7 @@ class ProgressView:
         self.trials = trials
         self.every = every
         self._time = time.monotonic
-        self._last = 0.0
+        self._last: float | None = None
         self._live: Any = None
         if console.is_terminal:
             from rich.live import Live
@@ -91,7 +91,9 @@ class ProgressView:
         counts = snap["counts"]
         stages = "; ".join(f"stage {s['id']} {s['done']}/{s['tasks']} tasks ({s['running']} running)"
                            for s in snap["stages"]) or ("done" if snap.get("final") else "starting")
-        head = (f"screened {counts.get('patients', 0):,} patients, {counts.get('in-population', 0):,} in the "
+        expected = snap.get("expected")
+        of = f" of {expected:,}" if expected else ""
+        head = (f"screened {counts.get('patients', 0):,}{of} patients, {counts.get('in-population', 0):,} in the "
                 f"population, {counts.get('not-screened', 0):,} not screened | {stages}")
         lines = [head]
         for tid in self.trials:
@@ -106,7 +108,7 @@ class ProgressView:
             self._live.update(Text(self.text(snap)))
             return
         now = self._time()
-        if snap.get("final") or now - self._last >= self.every:
+        if snap.get("final") or self._last is None or now - self._last >= self.every:
             self._last = now
             self.console.print(self.text(snap), markup=False, highlight=False)
 

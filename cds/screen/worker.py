@@ -83,11 +83,12 @@ _engines_lock = threading.Lock()
 
 def engine_for(task: ScreenTask) -> Engine:
     """This process's engine for the task's catalogue, started on first use."""
+    key = f"{task.key}:{task.pool_size}:{task.timeout}"
     with _engines_lock:
-        engine = _engines.get(task.key)
+        engine = _engines.get(key)
         if engine is None:
             engine = Engine(task.catalogue.libraries, pool_size=task.pool_size, timeout=task.timeout).start()
-            _engines[task.key] = engine
+            _engines[key] = engine
         return engine
 
 
@@ -240,11 +241,12 @@ def screen_patient(engine: Engine, task: ScreenTask, patient_id: str, lines: Seq
     try:
         in_population = True
         if task.gate:
-            gate = engine.evaluate(bundle, [task.gate], task.at)
+            gate = engine.evaluate(bundle, [task.gate], task.at, timeout=task.timeout)
             # Only an explicit false keeps a patient out; a null gate lets the trials decide.
             in_population = gate.raw.get(task.gate, {}).get(POPULATION_DEFINE) is not False
         gated = time.perf_counter()
-        results = evaluate_trials(engine, task.catalogue, bundle, task.at, trials=chosen) if in_population else []
+        results = (evaluate_trials(engine, task.catalogue, bundle, task.at, trials=chosen, timeout=task.timeout)
+                   if in_population else [])
     except EngineUnavailable:
         raise
     except EngineError as exc:

@@ -176,3 +176,69 @@ def test_a_small_export_for_one_trial(spark: Any, catalogue: Catalogue, tmp_path
         assert [(r["patient_id"], r["problem"]) for r in csv.DictReader(fh)] == [(owner, "conflicting-versions")]
     rows = spark.read.parquet(str(tmp_path / "out" / "results.parquet")).collect()
     assert {r["trial"] for r in rows} == {"nct06350110"} and len(rows) == 11
+
+
+def _small_export(tmp_path: Path, patients: int = 6) -> Path:
+    from cds.synthetic import population
+
+    export = tmp_path / "export"
+    population.write(export, population.Options(patients, EVAL_AT, seed=4, sle_rate=0.5), processes=1)
+    return export
+
+
+def test_a_failing_evaluation_is_reported_per_patient_not_fatal(spark: Any, catalogue: Catalogue,
+                                                                tmp_path: Path) -> None:
+    result = run_screen(spark, str(_small_export(tmp_path)), tmp_path / "out", catalogue, EVAL_AT, timeout=0.001)
+    s = result.summary
+    assert s["patients"]["screened"] + s["patients"]["notScreened"] == 6
+    assert s["patientProblems"]["evaluation-failed"]["patients"] == s["patients"]["notScreened"] > 0
+    with (tmp_path / "out" / "not-screened.csv").open(encoding="utf-8") as fh:
+        assert {r["problem"] for r in csv.DictReader(fh)} == {"evaluation-failed"}
+
+
+def test_an_engine_that_cannot_start_fails_the_job_with_one_clear_line(spark: Any, catalogue: Catalogue,
+                                                                       tmp_path: Path) -> None:
+    from cds.screen import ScreenFailed
+
+    broken = Catalogue(trials=catalogue.trials, libraries={**catalogue.libraries, "SLECommon": {"library": {}}})
+    with pytest.raises(ScreenFailed) as exc:
+        run_screen(spark, str(_small_export(tmp_path)), tmp_path / "out", broken, EVAL_AT)
+    message = str(exc.value)
+    assert message.startswith("the screening job failed: ") and "\n" not in message
+    assert "Engine" in message or "CQL" in message
+
+
+def test_failure_reason_picks_the_python_exception_out_of_spark_text() -> None:
+    from cds.screen.job import failure_reason
+
+    text = ("An error occurred while calling o123.count.\n: org.apache.spark.SparkException: Job aborted\n"
+            "Traceback (most recent call last):\n  File \"worker.py\", line 1\n"
+            "cds.engine.pool.EngineUnavailable: CQL workers failed to start: boom\n"
+            "\tat org.apache.spark.api.python.BasePythonRunner.run(PythonRunner.scala:1)\n")
+    assert failure_reason(RuntimeError(text)) == "cds.engine.pool.EngineUnavailable: CQL workers failed to start: boom"
+    assert failure_reason(RuntimeError("plain")) == "plain"
+
+
+def test_progress_lines_and_patient_files() -> None:
+    import io
+
+    from rich.console import Console
+
+    from cds.screen.bulk import patient_files
+    from cds.screen.progress import DictAccumulator, ProgressView
+
+    assert DictAccumulator().addInPlace({"a": 1}, {"a": 2, "b": 1}) == {"a": 3, "b": 1}
+    buf = io.StringIO()
+    view = ProgressView(Console(file=buf, width=200), {"nct06350110": "t"}, every=3600)
+    snap = {"stages": [{"id": 3, "name": "x", "tasks": 8, "done": 2, "running": 2}], "expected": 1000,
+            "counts": {"patients": 250, "in-population": 9, "likely-eligible:nct06350110": 2}}
+    view.update(snap)
+    view.update(snap)  # within `every`: not printed again
+    view.update(snap | {"final": True})
+    view.close()
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("screened 250 of 1,000 patients, 9 in the population") and "2/8 tasks" in lines[0]
+    assert "nct06350110: 2 likely, 0 possibly eligible" in lines[1] and len(lines) == 4
+    assert patient_files(["/x/Patient.000.ndjson", "/x/1.Patient.ndjson.gz", "/x/PatientX.ndjson",
+                          "/x/Observation.ndjson", "s3a://b/Patient-2.ndjson"]) == [
+        "/x/Patient.000.ndjson", "/x/1.Patient.ndjson.gz", "s3a://b/Patient-2.ndjson"]
