@@ -31,6 +31,7 @@ def test_shares_profiles_and_references(tmp_path: Path) -> None:
     meta = manifest["extension"]["https://trial-cds.dev/synthetic-population"]
     sle = sum(v for k, v in meta["profiles"].items() if k.startswith("sle:"))
     assert 0.01 * 3000 <= sle <= 0.03 * 3000 and meta["profiles"]["other"] == 3000 - sle
+    assert 0.01 * 3000 <= meta["profiles"]["deceased"] <= 0.03 * 3000
     big = population.write(tmp_path / "sle", population.Options(800, EVAL_AT, seed=5, sle_rate=1.0), processes=2)
     profiles = big["extension"]["https://trial-cds.dev/synthetic-population"]["profiles"]
     assert {f"sle:{p}" for p, _ in population.SLE_PROFILES} <= set(profiles)

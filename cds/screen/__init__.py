@@ -6,6 +6,13 @@ Bulk Data export, on a local Spark or a cluster, and writes results.parquet, wor
 not-screened.csv, summary.json and report.html. Needs the `[screen]` extra (PySpark) and Java.
 """
 
-from .job import ScreenError, ScreenFailed, ScreenResult, master_url, run_screen, spark_session
+from .job import (
+    ScreenError,
+    ScreenFailed,
+    ScreenResult,
+    master_url,
+    run_screen,
+    spark_session,
+)
 
 __all__ = ["ScreenError", "ScreenFailed", "ScreenResult", "master_url", "run_screen", "spark_session"]

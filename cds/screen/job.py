@@ -85,13 +85,13 @@ def out_schema() -> Any:
              "criteria": T.ArrayType(criterion), "excluded_by": T.ArrayType(s), "undecided": T.ArrayType(s),
              "to_confirm": T.ArrayType(s), "missing_tests": T.ArrayType(coding), "oldest_evidence": s,
              "newest_evidence": s, "problem": s, "detail": s, "count": lng, "resources": i, "gate_ms": d,
-             "trials_ms": d}
+             "trials_ms": d, "deceased": b}
     from .worker import OUT_FIELDS
 
     return T.StructType([T.StructField(name, types[name]) for name in OUT_FIELDS])
 
 
-RESULT_COLUMNS = ["patient_id", "trial", "in_population", "verdict", "excluded_by", "undecided", "missing_tests",
+RESULT_COLUMNS = ["patient_id", "trial", "in_population", "verdict", "deceased", "excluded_by", "undecided", "missing_tests",
                   "to_confirm", "oldest_evidence", "newest_evidence", "criteria"]
 
 
@@ -276,9 +276,12 @@ def summarise(table: DataFrame, catalogue: Catalogue, chosen: Sequence[str], gat
     missing_trials: dict[tuple[str | None, str], set[str]] = {}
     displays: dict[tuple[str | None, str], str | None] = {}
     rows = results.where(F.col("in_population")).select("trial", "patient_id", "verdict", "excluded_by", "undecided",
-                                                         "missing_tests")
+                                                         "missing_tests", "deceased")
+    deceased: set[str] = set()
     for r in rows.collect():
         trial = r["trial"]
+        if r["deceased"] and r["verdict"] != "excluded":
+            deceased.add(r["patient_id"])
         if r["verdict"] == "excluded":
             for cid in r["excluded_by"]:
                 excluded[(trial, cid)] += 1
@@ -335,7 +338,8 @@ def summarise(table: DataFrame, catalogue: Catalogue, chosen: Sequence[str], gat
                     "criteria": {c.id: {"type": c.kind, "text": c.text} for c in trial_defs[t].criteria}}
                    for t in chosen],
         "patients": {"screened": p["patients"], "inPopulation": p["population"], "resources": p["resources"],
-                     "notScreened": sum(v["patients"] for k, v in patient_problems.items() if k != DUPLICATES)},
+                     "notScreened": sum(v["patients"] for k, v in patient_problems.items() if k != DUPLICATES),
+                     "deceasedCandidates": len(deceased)},
         "verdicts": verdicts,
         "exclusions": exclusions,
         "undecided": undecided_out,

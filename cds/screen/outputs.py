@@ -5,7 +5,8 @@
   criteria that exclude, those left undecided, the tests missing for them, the review items,
   the oldest and newest evidence date, and every criterion with status, evidence and missing codes.
 - `worklist.csv`: the coordinator's list, likely-eligible first, then possibly-eligible with what
-  to order; per trial in catalogue order, fewest undecided criteria first.
+  to order; per trial in catalogue order, fewest undecided criteria first. Patients recorded as
+  deceased are left off (they keep their verdicts in the Parquet table; the report counts them).
 - `not-screened.csv`: patients the job could not screen without guessing, and why.
 - `summary.json`: every figure of the report (deterministic: a rerun writes the same bytes).
 - `report.html`: the report (cds.screen.report).
@@ -55,7 +56,7 @@ def write_outputs(spark: SparkSession, table: DataFrame, out: Path, catalogue: C
 
     titles = {t.id: t.title for t in catalogue.trials}
     # Candidates and unscreened patients are few (a share of the population); one collect each.
-    worklist = sorted(results.where(F.col("verdict").isin(*VERDICT_ORDER)).collect(),
+    worklist = sorted(results.where(F.col("verdict").isin(*VERDICT_ORDER) & ~F.col("deceased")).collect(),
                       key=lambda r: (VERDICT_ORDER[r["verdict"]], r["trial_order"], len(r["undecided"]), r["patient_id"]))
     with (out / WORKLIST).open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)

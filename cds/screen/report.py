@@ -143,6 +143,9 @@ def render(summary: Mapping[str, Any]) -> str:
         out.append(f"<tr><td>{name}<br><code>{escape(t['id'])}</code></td>"
                    + "".join(f'<td class="n">{_n(v[k])}</td>' for k in keys) + "</tr>")
     out.append("</table>")
+    if patients.get("deceasedCandidates"):
+        out.append(f"<p>{_n(patients['deceasedCandidates'])} patient(s) likely or possibly eligible for a trial are "
+                   "recorded as deceased: counted above, left off <code>worklist.csv</code>.</p>")
     out.append('<p class="key">In the population:' + "".join(
         f'<span style="background:{COLOURS[k]}"></span>{escape(LABELS[k])}' for k in keys[:3]) + "</p>")
     out.append(stacked_chart([(t["id"], verdicts[t["id"]]) for t in trials], keys[:3]))

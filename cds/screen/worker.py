@@ -44,7 +44,7 @@ OUTSIDE_WITH_UNREADABLE = "outside-population-with-unreadable-codes"
 KIND_RESULT, KIND_PATIENT, KIND_PROBLEM = "result", "patient", "problem"
 OUT_FIELDS = ("kind", "patient_id", "trial", "trial_order", "in_population", "verdict", "criteria", "excluded_by",
               "undecided", "to_confirm", "missing_tests", "oldest_evidence", "newest_evidence", "problem", "detail",
-              "count", "resources", "gate_ms", "trials_ms")
+              "count", "resources", "gate_ms", "trials_ms", "deceased")
 
 
 def population_library(catalogue: Catalogue) -> str | None:
@@ -161,8 +161,16 @@ def _criterion_row(c: CriterionResult) -> tuple[Any, ...]:
     return (c.id, c.type, c.status, evidence, missing)
 
 
+def row(kind: str, **fields: Any) -> tuple[Any, ...]:
+    """One row of the output table (OUT_FIELDS order; absent fields are null)."""
+    unknown = set(fields) - set(OUT_FIELDS)
+    if unknown:  # pragma: no cover - a programming error
+        raise KeyError(f"not output fields: {sorted(unknown)}")
+    return tuple(kind if name == "kind" else fields.get(name) for name in OUT_FIELDS)
+
+
 def result_row(patient_id: str, order: int, result: TrialResult,
-               orderable: frozenset[tuple[str, str]] = frozenset()) -> tuple[Any, ...]:
+               orderable: frozenset[tuple[str, str]] = frozenset(), deceased: bool = False) -> tuple[Any, ...]:
     """The tests to order are those of undecided criteria, one code per test (the orderable one)."""
     criteria = result.criteria
     missing: list[tuple[str | None, str, str | None]] = []
@@ -174,29 +182,35 @@ def result_row(patient_id: str, order: int, result: TrialResult,
             if item not in missing and (not orderable or (m.system or "", m.code) in orderable):
                 missing.append(item)
     dates = sorted(e.date for c in criteria for e in c.evidence if e.date)
-    return (KIND_RESULT, patient_id, result.researchStudy, order, True, result.verdict,
-            [_criterion_row(c) for c in criteria],
-            [c.id for c in criteria if _deciding(c)],
-            [c.id for c in criteria if c.status == "unknown" and c.type != "review"],
-            [c.id for c in criteria if c.type == "review"],
-            missing, dates[0] if dates else None, dates[-1] if dates else None,
-            None, None, None, None, None, None)
+    return row(KIND_RESULT, patient_id=patient_id, trial=result.researchStudy, trial_order=order, in_population=True,
+               verdict=result.verdict, criteria=[_criterion_row(c) for c in criteria],
+               excluded_by=[c.id for c in criteria if _deciding(c)],
+               undecided=[c.id for c in criteria if c.status == "unknown" and c.type != "review"],
+               to_confirm=[c.id for c in criteria if c.type == "review"], missing_tests=missing,
+               oldest_evidence=dates[0] if dates else None, newest_evidence=dates[-1] if dates else None,
+               deceased=deceased)
 
 
-def outside_row(patient_id: str, order: int, trial: str) -> tuple[Any, ...]:
+def outside_row(patient_id: str, order: int, trial: str, deceased: bool = False) -> tuple[Any, ...]:
     """Outside the catalogue's population: every trial of the catalogue requires it, so excluded."""
-    return (KIND_RESULT, patient_id, trial, order, False, "excluded", [], [], [], [], [], None, None,
-            None, None, None, None, None, None)
+    return row(KIND_RESULT, patient_id=patient_id, trial=trial, trial_order=order, in_population=False,
+               verdict="excluded", criteria=[], excluded_by=[], undecided=[], to_confirm=[], missing_tests=[],
+               deceased=deceased)
 
 
-def patient_row(patient_id: str, in_population: bool, resources: int, gate_ms: float, trials_ms: float) -> tuple[Any, ...]:
-    return (KIND_PATIENT, patient_id, None, None, in_population, None, None, None, None, None, None, None, None,
-            None, None, None, resources, gate_ms, trials_ms)
+def patient_row(patient_id: str, in_population: bool, resources: int, gate_ms: float, trials_ms: float,
+                deceased: bool = False) -> tuple[Any, ...]:
+    return row(KIND_PATIENT, patient_id=patient_id, in_population=in_population, resources=resources,
+               gate_ms=gate_ms, trials_ms=trials_ms, deceased=deceased)
 
 
 def problem_row(kind: str, detail: str | None, count: int, patient_id: str | None = None) -> tuple[Any, ...]:
-    return (KIND_PROBLEM, patient_id, None, None, None, None, None, None, None, None, None, None, None,
-            kind, detail, count, None, None, None)
+    return row(KIND_PROBLEM, patient_id=patient_id, problem=kind, detail=detail, count=count)
+
+
+def is_deceased(patient: Mapping[str, Any]) -> bool:
+    """Patient.deceased[x]: true, or a date of death. Not a criterion: it keeps a patient off the worklist."""
+    return patient.get("deceasedBoolean") is True or bool(patient.get("deceasedDateTime"))
 
 
 # -- the partition function ----------------------------------------------------------------
@@ -237,6 +251,7 @@ def screen_patient(engine: Engine, task: ScreenTask, patient_id: str, lines: Seq
     if duplicates:
         rows.append(problem_row(DUPLICATES, None, duplicates, patient_id))
     chosen = [task.catalogue.trial(t) for t in task.trials]
+    deceased = is_deceased(bundle["entry"][0]["resource"])
     started = time.perf_counter()
     try:
         in_population = True
@@ -257,11 +272,11 @@ def screen_patient(engine: Engine, task: ScreenTask, patient_id: str, lines: Seq
     if in_population:
         count("in-population", 1)
         for order, result in enumerate(results):
-            rows.append(result_row(patient_id, order, result, task.orderable))
+            rows.append(result_row(patient_id, order, result, task.orderable, deceased))
             if result.verdict != "excluded":
                 count(f"{result.verdict}:{result.researchStudy}", 1)
     else:
-        rows += [outside_row(patient_id, order, trial) for order, trial in enumerate(task.trials)]
+        rows += [outside_row(patient_id, order, trial, deceased) for order, trial in enumerate(task.trials)]
     unreadable = unreadable_codes(bundle, task)
     if codes is not None:
         for detail in unreadable:
@@ -269,7 +284,7 @@ def screen_patient(engine: Engine, task: ScreenTask, patient_id: str, lines: Seq
         if unreadable and not in_population:
             codes[""] = codes.get("", 0) + 1
     rows.append(patient_row(patient_id, in_population, len(bundle["entry"]), (gated - started) * 1000,
-                            (done - gated) * 1000))
+                            (done - gated) * 1000, deceased))
     return rows
 
 

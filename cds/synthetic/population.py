@@ -17,7 +17,8 @@ and medications. Among the SLE patients: every trial's fitting patient
 missing serology, stale labs, sparse records, and the coding of real EHRs: SNOMED CT and
 ICD-10-CM side by side, SNOMED-only, ICD-10-CM-only, WHO ICD-10-only, SI units (creatinine in
 umol/L, bilirubin in umol/L), results reported against a limit (`<20 IU/mL`), children,
-absolute and versioned patient references. Lab values vary within +/-12 %.
+absolute and versioned patient references. Lab values vary within +/-12 %. About 2 % of the
+patients have died (Patient.deceasedDateTime), as in any EHR's export.
 
 Deterministic: every patient comes from its own generator seeded by (seed, index), so the
 same `--seed`, `--at` and `--patients` give the same bytes, however many processes write.
@@ -53,6 +54,7 @@ Builder = Callable[[str, datetime], list[Resource]]
 PART_SIZE = 10_000
 FHIR_BASE = P.FHIR_BASE
 DEFAULT_SLE_RATE = 0.02
+DECEASED_RATE = 0.02
 
 # Codes for the common diagnoses of the non-SLE majority. SNOMED CT / ICD-10-CM: hypertension and
 # drug-induced lupus from shared/codes.md; the others from public code tables (VSAC-derived value
@@ -284,6 +286,9 @@ def build(index: int, o: Options) -> tuple[str, list[Resource], str]:
         profile = "other"
     resources += _encounters(pid, o.at, rng, rng.randint(0, 3))
     _vary_references(pid, resources, rng)
+    if rng.random() < DECEASED_RATE:  # an EHR keeps the records of patients who have died
+        resources[0]["deceasedDateTime"] = F.iso(ago(o.at, rng.uniform(5, 900)))
+        profile += ":deceased"
     return pid, resources, profile
 
 
@@ -350,9 +355,12 @@ def _write_part(args: tuple[int, Options, str]) -> dict[str, Any]:
     profiles: dict[str, int] = {}
     for index in range(start, stop):
         _, resources, profile = build(index, o)
-        kind = profile.split(":")[0] if profile == "other" else ":".join(profile.split(":")[:2])
+        parts = profile.split(":")
+        kind = "other" if parts[0] == "other" else ":".join(parts[:2])
         profiles[kind] = profiles.get(kind, 0) + 1
-        style = profile.split(":")[2] if profile.startswith("sle:") else None
+        if parts[-1] == "deceased":
+            profiles["deceased"] = profiles.get("deceased", 0) + 1
+        style = parts[2] if parts[0] == "sle" else None
         if style:
             profiles[f"sle-coding:{style}"] = profiles.get(f"sle-coding:{style}", 0) + 1
         for res in resources:

@@ -156,8 +156,12 @@ def test_a_small_export_for_one_trial(spark: Any, catalogue: Catalogue, tmp_path
     export.mkdir()
     o = population.Options(12, EVAL_AT, seed=3, sle_rate=1.0)
     lines: dict[str, list[str]] = {}
+    dead = set()
     for i in range(o.patients):
-        _, resources, _ = population.build(i, o)
+        pid, resources, _ = population.build(i, o)
+        if i % 2:  # every other patient has died: kept in the table, left off the worklist
+            resources[0]["deceasedDateTime"] = "2026-01-05T10:00:00Z"
+            dead.add(pid)
         for res in resources:
             lines.setdefault(res["resourceType"], []).append(json.dumps(res))
     first_obs = json.loads(lines["Observation"][0])
@@ -176,6 +180,11 @@ def test_a_small_export_for_one_trial(spark: Any, catalogue: Catalogue, tmp_path
         assert [(r["patient_id"], r["problem"]) for r in csv.DictReader(fh)] == [(owner, "conflicting-versions")]
     rows = spark.read.parquet(str(tmp_path / "out" / "results.parquet")).collect()
     assert {r["trial"] for r in rows} == {"nct06350110"} and len(rows) == 11
+    assert {r["patient_id"] for r in rows if r["deceased"]} == dead - {owner}
+    candidates = {r["patient_id"] for r in rows if r["verdict"] != "excluded"}
+    assert s["patients"]["deceasedCandidates"] == len(candidates & dead) > 0
+    with (tmp_path / "out" / "worklist.csv").open(encoding="utf-8") as fh:
+        assert {r["patient_id"] for r in csv.DictReader(fh)} == candidates - dead
 
 
 def _small_export(tmp_path: Path, patients: int = 6) -> Path:

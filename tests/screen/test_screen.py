@@ -152,9 +152,12 @@ def test_worklist_likely_first_then_possibly_with_what_to_order(spark: Any, scre
         worklist = list(csv.DictReader(fh))
     verdicts = [r["verdict"] for r in worklist]
     assert verdicts == sorted(verdicts, key=lambda v: v != "likely-eligible")
-    candidates = {(r["trial"], r["patient_id"]) for r in parquet_rows(spark, screened.out)
-                  if r["verdict"] in ("likely-eligible", "possibly-eligible")}
+    rows = parquet_rows(spark, screened.out)
+    candidates = {(r["trial"], r["patient_id"]) for r in rows
+                  if r["verdict"] in ("likely-eligible", "possibly-eligible") and not r["deceased"]}
     assert {(r["trial"], r["patient_id"]) for r in worklist} == candidates
+    deceased = {r["patient_id"] for r in rows if r["deceased"] and r["verdict"] != "excluded"}
+    assert screened.summary["patients"]["deceasedCandidates"] == len(deceased)
     possibly = [r for r in worklist if r["verdict"] == "possibly-eligible"]
     assert possibly and all(r["undecided"] for r in possibly)
     assert any("http://loinc.org|" in r["to_order"] for r in possibly)
