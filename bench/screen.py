@@ -146,7 +146,7 @@ def report(label: str, n: int, r: dict[str, Any], cores: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--patients", type=int, default=100_000)
+    parser.add_argument("--patients", type=int, default=100_000, help="population of the main run (0: skip it)")
     parser.add_argument("--scaling-patients", type=int, default=20_000, help="population of the 1 vs 2 core runs (0: skip)")
     parser.add_argument("--sle-rate", type=float, default=None, help="default: the generator's")
     parser.add_argument("--work", type=Path, default=None, help="working directory (default: a temporary one)")
@@ -156,10 +156,11 @@ def main() -> int:
     cores = os.cpu_count() or 1
     print(f"bench/screen.py: {cores} cores, Python {sys.version.split()[0]}, work dir {work}")
     try:
-        export = work / "export"
-        seconds = generate(args.patients, export, args.sle_rate)
-        print(f"generated {args.patients:,} patients ({du(export) / 1e6:.0f} MB of ndjson) in {seconds:.1f} s")
-        report("local[*]", args.patients, screen(export, work / "out", "local[*]"), cores)
+        if args.patients:
+            export = work / "export"
+            seconds = generate(args.patients, export, args.sle_rate)
+            print(f"generated {args.patients:,} patients ({du(export) / 1e6:.0f} MB of ndjson) in {seconds:.1f} s")
+            report("local[*]", args.patients, screen(export, work / "out", "local[*]"), cores)
         if args.scaling_patients:
             small = work / "export-small"
             generate(args.scaling_patients, small, args.sle_rate)
