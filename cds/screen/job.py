@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 DEFAULT_MASTER = "local[*]"
+LOG4J2 = Path(__file__).resolve().with_name("log4j2.properties")
 RESULTS = "results.parquet"
 WORKLIST = "worklist.csv"
 NOT_SCREENED = "not-screened.csv"
@@ -116,6 +117,9 @@ def spark_session(master: str | None = None, *, app_name: str = "trial-cds scree
                # The cost is CQL per patient, not bytes: keep the partitions asked for.
                .config("spark.sql.adaptive.coalescePartitions.enabled", "false")
                .config("spark.python.worker.reuse", "true"))
+    logging_conf = f"-Dlog4j2.configurationFile={LOG4J2.as_uri()}"
+    builder = (builder.config("spark.driver.extraJavaOptions", logging_conf)
+               .config("spark.executor.extraJavaOptions", logging_conf))
     if url.startswith("local"):
         builder = builder.config("spark.ui.enabled", "false").config("spark.driver.memory", "2g")
     for k, v in (conf or {}).items():
