@@ -18,6 +18,7 @@ The machine is shared: figures vary with what else runs; `os.getloadavg()` is pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -36,10 +37,8 @@ AT = "2026-11-26T09:00:00Z"
 def _children(pid: int) -> list[int]:
     out = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
+        with contextlib.suppress(OSError):
             out += [int(x) for x in (task / "children").read_text().split()]
-        except OSError:
-            pass
     return out
 
 
@@ -129,8 +128,9 @@ def report(label: str, n: int, r: dict[str, Any], cores: int) -> None:
     print(f"  end to end            {r['wall']:8.1f} s   ({rate:,.0f} patients/s, {rate / cores:,.0f} per core)")
     print(f"  CPU time (tree)       {r['cpu']:8.1f} s   ({n / r['cpu']:,.0f} patients per CPU-second: "
           "per-core throughput, less sensitive to other load than wall time)")
-    print(f"  in the job            {run['seconds']['total']:8.1f} s   (read+group+evaluate {run['seconds']['evaluate']:.1f}, "
-          f"summarise {run['seconds']['summarise']:.1f}, write {run['seconds']['write']:.1f}); the rest is JVM/Spark start")
+    sec = run["seconds"]
+    print(f"  in the job            {sec['total']:8.1f} s   (read+group+evaluate {sec['evaluate']:.1f}, "
+          f"summarise {sec['summarise']:.1f}, write {sec['write']:.1f}); the rest is JVM/Spark start")
     gate, trials = run["engineSeconds"]["gate"], run["engineSeconds"]["trials"]
     pop = s["patients"]["inPopulation"]
     print(f"  engine time (summed)  gate {gate:.1f} s over {s['patients']['screened']:,} patients "
@@ -147,7 +147,8 @@ def report(label: str, n: int, r: dict[str, Any], cores: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=100_000, help="population of the main run (0: skip it)")
-    parser.add_argument("--scaling-patients", type=int, default=20_000, help="population of the 1 vs 2 core runs (0: skip)")
+    parser.add_argument("--scaling-patients", type=int, default=20_000,
+                        help="population of the 1 vs 2 core runs (0: skip)")
     parser.add_argument("--sle-rate", type=float, default=None, help="default: the generator's")
     parser.add_argument("--work", type=Path, default=None, help="working directory (default: a temporary one)")
     args = parser.parse_args()
@@ -171,7 +172,8 @@ def main() -> int:
                 walls[k] = r
             j1, j2 = walls[1]["run"]["seconds"]["total"], walls[2]["run"]["seconds"]["total"]
             print(f"\nscaling 1 -> 2 executor cores: job {j1:.1f} s -> {j2:.1f} s (x{j1 / j2:.2f}); "
-                  f"end to end {walls[1]['wall']:.1f} s -> {walls[2]['wall']:.1f} s (x{walls[1]['wall'] / walls[2]['wall']:.2f})")
+                  f"end to end {walls[1]['wall']:.1f} s -> {walls[2]['wall']:.1f} s "
+                  f"(x{walls[1]['wall'] / walls[2]['wall']:.2f})")
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -8,6 +8,7 @@ results; `cds.evaluate_trials(bundle, at)` gives the per-trial verdicts of the c
 from __future__ import annotations
 
 import threading
+from importlib import metadata as _metadata
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,10 @@ if TYPE_CHECKING:
     from .engine import Engine, EvaluationResult
     from .eligibility import TrialResult
 
-__version__ = "0.1.0"
+try:  # one source of truth: pyproject.toml, through the installed package's metadata
+    __version__ = _metadata.version("trial-cds")
+except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 _lock = threading.Lock()
 _default: dict[str, Any] = {}

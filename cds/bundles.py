@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 
-from .engine.elm import define_names, includes, library_name, library_version
+from .engine.elm import closure, define_names, includes, library_name, library_version, value_set_urls
 from .paths import BUNDLES_DIR, ELM_DIR, RULES_DIR
 from .trialmeta import Criterion, Organization, Site, Threshold, Trial, load_trial, trial_files
 
@@ -30,6 +31,9 @@ EXT_CRITERION_TEXT = f"{SD}/criterion-text"
 EXT_CRITERION_READING = f"{SD}/criterion-reading"
 EXT_CLINICIAN_REVIEW = f"{SD}/clinician-review"
 EXT_COLLABORATOR = f"{SD}/collaborator"
+# R5 ResearchStudy.label (type short-title) carried into R4 by the cross-version extension.
+EXT_R5_LABEL = "http://hl7.org/fhir/5.0/StructureDefinition/extension-ResearchStudy.label"
+TITLE_TYPE = "http://hl7.org/fhir/title-type"
 CRITERION_SYSTEM = "https://trial-cds.dev/criteria"
 TRIALS_SYSTEM = "https://trial-cds.dev/trials"
 CTGOV = "https://clinicaltrials.gov"
@@ -59,6 +63,7 @@ def library_resource(lib_id: str, elm: Mapping[str, Any], cql: str, *, title: st
     """A FHIR logic Library carrying the CQL and its ELM; depends-on its includes."""
     name = library_name(elm)
     deps = [{"type": "depends-on", "resource": f"{BASE}/Library/{dep}"} for dep in sorted(set(includes(elm).values()))]
+    deps += [{"type": "depends-on", "resource": url} for url in sorted(value_set_urls(elm))]
     res: Resource = {
         "resourceType": "Library",
         "id": lib_id,
@@ -179,6 +184,10 @@ def research_study(trial: Trial) -> Resource:
         res["phase"] = {"coding": [{"system": PHASE_SYSTEM, "code": trial.phase}]}
     if trial.official_title:
         res.setdefault("extension", []).append({"url": f"{SD}/official-title", "valueString": trial.official_title})
+    if trial.short_title:
+        res.setdefault("extension", []).append({"url": EXT_R5_LABEL, "extension": [
+            {"url": "type", "valueCodeableConcept": {"coding": [{"system": TITLE_TYPE, "code": "short-title"}]}},
+            {"url": "value", "valueString": trial.short_title}]})
     for org in trial.collaborators:
         res.setdefault("extension", []).append({"url": EXT_COLLABORATOR,
                                                  "valueReference": {"reference": f"Organization/{org.id}", "display": org.name}})
@@ -230,8 +239,28 @@ SHARED_LIBRARIES = {
 }
 
 
-def trial_resources(trial: Trial, elm: Mapping[str, Mapping[str, Any]], rules_dir: Path) -> list[Resource]:
-    """Every resource of one trial's bundle, in dependency order."""
+def value_set_closure(urls: Iterable[str], valuesets: Mapping[str, Resource]) -> list[str]:
+    """`urls` and the value sets they include (compose.include.valueSet), members first."""
+    out: list[str] = []
+
+    def visit(url: str) -> None:
+        if url in out:
+            return
+        if url not in valuesets:
+            raise ValueError(f"the rules use value set {url}, which rules/valuesets/ does not define")
+        for inc in valuesets[url]["compose"].get("include") or []:
+            for member in inc.get("valueSet") or []:
+                visit(member)
+        out.append(url)
+
+    for url in sorted(urls):
+        visit(url)
+    return out
+
+
+def trial_resources(trial: Trial, elm: Mapping[str, Mapping[str, Any]], rules_dir: Path,
+                    valuesets: Mapping[str, Resource] | None = None) -> list[Resource]:
+    """Every resource of one trial's bundle: Libraries, the ValueSets they use, then the study."""
     if trial.library not in elm:
         raise ValueError(f"{trial.id}: no compiled ELM for library {trial.library} (run trial-cds build)")
     defined = set(define_names(elm[trial.library]))
@@ -247,6 +276,10 @@ def trial_resources(trial: Trial, elm: Mapping[str, Mapping[str, Any]], rules_di
                                 (rules_dir / f"{trial.library}.cql").read_text(encoding="utf-8"),
                                 title=f"Eligibility rules: {trial.title}"[:250],
                                 description=f"One CQL define per eligibility criterion of {trial.id}."))
+    if valuesets is not None:
+        used = {url for lib in closure([trial.library, *[n for n in SHARED_LIBRARIES if n in elm]], elm)
+                for url in value_set_urls(elm[lib])}
+        out.extend(valuesets[url] for url in value_set_closure(used, valuesets))
     out.extend(organization_resource(o) for o in [trial.sponsor, *trial.collaborators])
     out.extend(location_resource(s) for s in trial.sites)
     out.append(group_resource(trial))
@@ -277,16 +310,22 @@ def build_bundles(rules_dir: Path = RULES_DIR, elm_dir: Path = ELM_DIR) -> dict[
 
     from .engine import load_elm_dir
 
+    from .terminology.definitions import build_valuesets
+
     elm = load_elm_dir(elm_dir)
     out: dict[str, dict[str, Any]] = {}
     seen: dict[str, Resource] = {}
     errors: list[str] = []
+    valuesets = build_valuesets(rules_dir / "valuesets", os.environ.get("TRIAL_CDS_TERMINOLOGY_URL") or None)
+    for vs in valuesets.values():
+        validate(vs)
     for path in trial_files(rules_dir):
         try:
             trial = load_trial(path)
-            resources = trial_resources(trial, elm, rules_dir)
+            resources = trial_resources(trial, elm, rules_dir, valuesets)
             for r in resources:
-                validate(r)
+                if r["resourceType"] != "ValueSet":
+                    validate(r)
         except (ValidationError, ValueError, OSError) as exc:
             errors.append(f"{path.name}: {exc}")
             continue

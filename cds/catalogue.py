@@ -22,6 +22,7 @@ from .bundles import (
     EXT_CLINICIAN_REVIEW,
     EXT_CQF_EXPRESSION,
     EXT_CRITERION_TEXT,
+    EXT_R5_LABEL,
 )
 from .engine.elm import library_name
 
@@ -39,6 +40,10 @@ class CriterionDef:
     define: str
     text: str
     exclude: bool
+    # What the criterion measures (the characteristic's code other than the criterion id) and its
+    # threshold (value[x] as published: valueQuantity / valueRange / valueCodeableConcept), for display.
+    measure: tuple[tuple[str, str, str | None], ...] = ()
+    threshold: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,16 @@ class TrialDef:
     page: str | None = None
     nct: str | None = None
     description: str | None = None
+    short_title: str | None = None
+
+    @property
+    def name(self) -> str:
+        """What a clinician calls it: the short title when published, else the title."""
+        return self.short_title or self.title
+
+    @property
+    def registry_id(self) -> str | None:
+        return self.nct
 
 
 @dataclass
@@ -57,6 +72,10 @@ class Catalogue:
     trials: list[TrialDef]
     libraries: dict[str, dict[str, Any]]
     problems: list[str] = field(default_factory=list)
+    # Canonical URL -> the ValueSet version in use (terminology.ValueSetExpansion).
+    value_sets: dict[str, Any] = field(default_factory=dict)
+    # How each value set's expansion was obtained, for /readyz (terminology server or committed).
+    terminology: dict[str, Any] = field(default_factory=dict)
 
     def trial(self, trial_id: str) -> TrialDef:
         for t in self.trials:
@@ -96,9 +115,28 @@ class Catalogue:
                 trials.append(_trial(study, by_type.get("Group", {}), library_by_url, libraries))
             except CatalogueError as exc:
                 problems.append(f"ResearchStudy/{study.get('id')}: {exc}")
+        from .engine.elm import closure, value_set_urls
+        from .terminology import select_value_sets
+
+        # A trial whose rules use a value set the catalogue lacks cannot be evaluated: skipped.
+        value_sets = select_value_sets(by_type.get("ValueSet", {}).values(), problems)
+        usable = []
+        for trial in trials:
+            try:
+                needed = {url for lib in closure([trial.library], libraries) for url in value_set_urls(libraries[lib])}
+            except KeyError as exc:
+                problems.append(f"ResearchStudy/{trial.id}: {exc.args[0]}")
+                continue
+            missing = sorted(needed - set(value_sets))
+            if missing:
+                problems.append(f"ResearchStudy/{trial.id}: value sets not in the catalogue: {', '.join(missing[:5])}"
+                                + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+                continue
+            usable.append(trial)
+        trials = usable
         for p in problems:
             log.warning("catalogue: %s", p)
-        return cls(trials, libraries, problems)
+        return cls(trials, libraries, problems, value_sets=value_sets)
 
     @classmethod
     def from_bundle_files(cls, paths: Iterable[Path]) -> Catalogue:
@@ -153,7 +191,11 @@ def _trial(study: Mapping[str, Any], groups: Mapping[str, Mapping[str, Any]],
         exclude = bool(ch.get("exclude"))
         review = bool((_ext(ch, EXT_CLINICIAN_REVIEW) or {}).get("valueBoolean"))
         text = (_ext(ch, EXT_CRITERION_TEXT) or {}).get("valueString") or (ch.get("code") or {}).get("text") or define
-        criteria.append(CriterionDef(cid, "review" if review else ("exclusion" if exclude else "inclusion"), define, text, exclude))
+        measure = tuple((str(c.get("system") or ""), str(c["code"]), c.get("display"))
+                        for c in (ch.get("code") or {}).get("coding") or [] if c.get("system") != CRITERION_SYSTEM and c.get("code"))
+        threshold = next(({k: v} for k, v in ch.items() if k.startswith("value") and k != "valueBoolean"), None)
+        criteria.append(CriterionDef(cid, "review" if review else ("exclusion" if exclude else "inclusion"), define, text, exclude,
+                                     measure, threshold))
     if library is None or library not in libraries:
         raise CatalogueError("no criteria or no compiled Library")
     nct = next((i.get("value") for i in study.get("identifier") or [] if i.get("system") == CTGOV), None)
@@ -166,4 +208,17 @@ def _trial(study: Mapping[str, Any], groups: Mapping[str, Mapping[str, Any]],
         page=page,
         nct=nct,
         description=study.get("description"),
+        short_title=_short_title(study),
     )
+
+
+def _short_title(study: Mapping[str, Any]) -> str | None:
+    for ext in study.get("extension") or []:
+        if ext.get("url") != EXT_R5_LABEL:
+            continue
+        parts = {e.get("url"): e for e in ext.get("extension") or []}
+        codes = {c.get("code") for c in ((parts.get("type") or {}).get("valueCodeableConcept") or {}).get("coding") or []}
+        value = (parts.get("value") or {}).get("valueString")
+        if "short-title" in codes and value:
+            return str(value)
+    return None

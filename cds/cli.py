@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +47,25 @@ def build(
         err.print(str(exc), markup=False, highlight=False)
         raise typer.Exit(1) from None
     err.print(f"bundles: {len(changed)} written in {bundles}")
+    _print_value_sets(rules)
+
+
+def _print_value_sets(rules: Path) -> None:
+    """Value sets and codes per value set (issue 11's measure), from the definitions just built."""
+    from .terminology.definitions import build_valuesets
+
+    valuesets = build_valuesets(rules / "valuesets", os.environ.get("TRIAL_CDS_TERMINOLOGY_URL") or None)
+    totals = [vs["expansion"]["total"] for vs in valuesets.values()]
+    err.print(f"value sets: {len(valuesets)}, {sum(totals)} codes in all "
+              f"(per value set: min {min(totals, default=0)}, median {sorted(totals)[len(totals) // 2] if totals else 0}, "
+              f"max {max(totals, default=0)})")
+    for vs in sorted(valuesets.values(), key=lambda v: v["id"]):
+        systems: dict[str, int] = {}
+        for c in vs["expansion"]["contains"]:
+            key = c["system"].rstrip("/").rsplit("/", 1)[-1]
+            systems[key] = systems.get(key, 0) + 1
+        err.print(f"  {vs['id']:<58} {vs['expansion']['total']:>5}  "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(systems.items())), highlight=False)
 
 
 def _read_bundle(path: Path) -> dict:
@@ -126,6 +146,7 @@ def serve(
     import uvicorn
 
     from .app import create_app
+    from .web.server import uvicorn_config
 
     settings = _settings(host=host, port=port, insecure=True if insecure else None)
     if settings.insecure:
@@ -133,14 +154,13 @@ def serve(
                   "For local demos only, never with real patient data.", markup=True)
     elif not settings.trusted_issuers:
         err.print("[yellow]no TRIAL_CDS_TRUSTED_ISSUERS configured: every hook call will be refused (401)[/yellow]", markup=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.Server(uvicorn_config(create_app(settings), settings.host, settings.port, log_level="info")).run()
 
 
 @app.command()
 def demo(
     port: Annotated[int, typer.Option(help="Port for the demo service")] = 8080,
     once: Annotated[bool, typer.Option("--once", help="Print the cards and exit (for CI)")] = False,
-    at: Annotated[str | None, typer.Option(help="Evaluation time shown in the header; hooks use now")] = None,
 ) -> None:
     """Start the service locally (insecure), fire patient-view for three synthetic patients, show their cards."""
     from .demo import run_demo

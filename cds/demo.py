@@ -85,6 +85,7 @@ def run_demo(*, port: int = 8080, once: bool = False) -> int:
 
     from .app import create_app
     from .settings import Settings
+    from .web.server import uvicorn_config
 
     console = Console()
     if not _free(port):
@@ -93,7 +94,7 @@ def run_demo(*, port: int = 8080, once: bool = False) -> int:
         port = new
     settings = Settings(insecure=True, host="127.0.0.1", port=port)
     console.print("[bold red]INSECURE MODE[/bold red] (demo): hooks are accepted without a JWT.")
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(create_app(settings), "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

@@ -21,7 +21,6 @@ entry's `urn:uuid:` fullUrl are rewritten to `Type/id`.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import re
 import time
@@ -33,13 +32,16 @@ from typing import Any
 
 import requests
 
+from .net.http import new_session, retry_after
+from .net.urls import UnsafeUrl, parse_http_url
+
 MAX_ENTRIES = 50
 RETRY_STATUSES = {429, 503}
 MAX_TRIES = 5
 MAX_WAIT = 30.0
 TIMEOUT = 120.0
-ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-TYPE_RE = re.compile(r"^[A-Z][A-Za-z]+$")
+ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")
+TYPE_RE = re.compile(r"^[A-Z][A-Za-z]+\Z")
 
 Resource = dict[str, Any]
 Progress = Callable[[int, str], None]
@@ -254,25 +256,21 @@ def entry_errors(outcome: Any, keys: list[str]) -> list[EntryError]:
 
 # -- talking to the server --------------------------------------------------------------------
 
-def _retry_after(value: str | None, attempt: int) -> float:
-    if value:
-        value = value.strip()
-        if value.isdigit():
-            return min(float(value), MAX_WAIT)
-        try:
-            return min(max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time()), MAX_WAIT)
-        except (TypeError, ValueError):
-            pass
-    return min(0.5 * 2 ** (attempt - 1), MAX_WAIT)
+def _wait(value: str | None, attempt: int) -> float:
+    """The server's Retry-After (cds.net.http), else exponential backoff; never over MAX_WAIT."""
+    asked = retry_after(value)
+    return min(asked if asked is not None else 0.5 * 2 ** (attempt - 1), MAX_WAIT)
 
 
 class Publisher:
     def __init__(self, base_url: str, token: str | None = None, *, session: requests.Session | None = None,
                  max_entries: int = MAX_ENTRIES, sleep: Callable[[float], None] = time.sleep) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise PublishError(f"FHIR base URL must be http(s): {base_url}")
-        self.base = base_url.rstrip("/")
-        self.session = session or requests.Session()
+        try:
+            parsed = parse_http_url(base_url)
+        except UnsafeUrl as exc:
+            raise PublishError(f"FHIR base URL refused: {exc}") from None
+        self.base = str(parsed).rstrip("/")
+        self.session = session or new_session(pool_maxsize=4)
         self.session.headers.update({"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"})
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
@@ -289,7 +287,7 @@ class Publisher:
                 raise PublishError(f"FHIR server unreachable at {self.base} ({exc.__class__.__name__}: {exc})") from None
             if resp.status_code in RETRY_STATUSES and attempt < MAX_TRIES:
                 self.retries += 1
-                self.sleep(_retry_after(resp.headers.get("Retry-After"), attempt))
+                self.sleep(_wait(resp.headers.get("Retry-After"), attempt))
                 continue
             if resp.status_code in (401, 403):
                 raise PublishError(f"FHIR server refused the request (HTTP {resp.status_code}): check --token / TRIAL_CDS_PUBLISH_TOKEN")

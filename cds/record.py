@@ -5,19 +5,28 @@ OperationOutcome, or a Bundle the client paginated (`next` link) is fetched from
 when the service may call it; a key whose value is null means "no data". When data the rules
 need can be neither prefetched nor fetched the hook answers 412 (`DataUnavailable`).
 
-Safety: a resource that belongs to another patient (its subject/patient reference names
-someone else) is dropped, never evaluated; a prefetched Patient that is not the context's
-patient is a malformed request.
+Safety: a resource is evaluated only when it references the context patient by a well-formed
+reference in its patient field (`subject`, or `patient` for Immunization and the like): a
+relative `Patient/<id>` (optionally `/_history/<v>`), or an absolute URL of that Patient on
+the hook's own `fhirServer`. Anything else (another patient, a plain string, an array, an
+identifier-only or missing reference, a URL on another server) is dropped and counted; a
+prefetched Patient that is not the context's patient is a malformed request.
+
+Admission: a record with more resources than the engine evaluates within its budget
+(`Limits`) is refused whole (413 when the client sent it, 412 when the EHR did), never
+evaluated in part and never allowed to take the CQL workers down.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from .fhir.client import FhirError
 from .hooks.prefetch import PrefetchQuery
+from .net.urls import HttpUrl, UnsafeUrl, parse_http_url
 
 SourceKind = Literal["prefetch", "fetched", "empty"]
 
@@ -33,6 +42,22 @@ class DataUnavailable(RuntimeError):
         self.keys = list(keys)
         self.reason = reason
         super().__init__(f"{reason}: {', '.join(self.keys)}")
+
+
+class RecordTooLarge(ValueError):
+    """More resources than the engine evaluates within its budget; `source` says who sent them."""
+
+    def __init__(self, message: str, source: Literal["prefetch", "fetched"]) -> None:
+        super().__init__(message)
+        self.source = source
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Most resources per record and per resource type (TRIAL_CDS_MAX_RECORD_RESOURCES, ...)."""
+
+    per_record: int = 5000
+    per_type: int = 3000
 
 
 class Fetcher(Protocol):
@@ -55,18 +80,37 @@ class Record:
         return next((e["resource"] for e in self.bundle["entry"] if e["resource"]["resourceType"] == "Patient"), None)
 
 
-_PATIENT_REFS = ("subject", "patient")
+# The element that names the patient, per resource type (FHIR R4); other types: the first present.
+PATIENT_FIELD = {"Immunization": "patient", "AllergyIntolerance": "patient", "Coverage": "beneficiary"}
+_RELATIVE = re.compile(r"^Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?\Z")
 
 
-def _belongs_to(resource: Mapping[str, Any], patient_id: str) -> bool:
-    for key in _PATIENT_REFS:
-        ref = resource.get(key)
-        if isinstance(ref, Mapping) and isinstance(ref.get("reference"), str):
-            target = ref["reference"].rstrip("/").split("/")
-            if len(target) >= 4 and target[-2] == "_history":  # Patient/x/_history/1
-                target = target[:-2]
-            return len(target) >= 2 and target[-2] == "Patient" and target[-1] == patient_id
-    return True  # no patient reference: nothing says it is someone else's
+def references_patient(resource: Mapping[str, Any], patient_id: str, fhir_server: HttpUrl | None) -> bool:
+    """Does the resource's patient field reference `patient_id` by a well-formed reference?"""
+    field_name = PATIENT_FIELD.get(str(resource.get("resourceType")))
+    if field_name is None:
+        field_name = next((k for k in ("subject", "patient") if k in resource), "subject")
+    ref = resource.get(field_name)
+    if not isinstance(ref, Mapping):
+        return False
+    target = ref.get("reference")
+    kind = ref.get("type")
+    if not isinstance(target, str) or (kind is not None and kind != "Patient"):
+        return False
+    match = _RELATIVE.match(target)
+    if match:
+        return match.group(1) == patient_id
+    if fhir_server is None or not target.startswith(("http://", "https://")):
+        return False
+    try:
+        url = parse_http_url(target)
+    except UnsafeUrl:
+        return False
+    base = fhir_server.path.rstrip("/")
+    if url.query is not None or url.origin != fhir_server.origin or not url.path.startswith(base + "/"):
+        return False
+    match = _RELATIVE.match(url.path[len(base) + 1:])
+    return match is not None and match.group(1) == patient_id
 
 
 def _shown(value: Any) -> str:
@@ -120,13 +164,33 @@ def _resources_of(key: str, value: Mapping[str, Any], query: PrefetchQuery) -> l
     return out
 
 
+def _check_limits(resources: Sequence[Mapping[str, Any]], limits: Limits,
+                  source: Literal["prefetch", "fetched"]) -> None:
+    if len(resources) > limits.per_record:
+        raise RecordTooLarge(f"{len(resources)} resources, more than the {limits.per_record} the rules evaluate "
+                             "within their time budget", source)
+    counts: dict[str, int] = {}
+    for res in resources:
+        rtype = str(res.get("resourceType"))
+        counts[rtype] = counts.get(rtype, 0) + 1
+    for rtype, n in counts.items():
+        if n > limits.per_type:
+            raise RecordTooLarge(f"{n} {_shown(rtype)} resources, more than the {limits.per_type} per type the "
+                                 "rules evaluate within their time budget", source)
+
+
 def assemble_record(
     patient_id: str,
     queries: Sequence[PrefetchQuery],
     prefetch: Mapping[str, Any] | None,
     fetcher: Fetcher | None,
+    *,
+    fhir_server: HttpUrl | None = None,
+    limits: Limits | None = None,
 ) -> Record:
-    """Build the patient's record; raise MalformedPrefetch (400) or DataUnavailable (412)."""
+    """Build the patient's record; raise MalformedPrefetch (400), RecordTooLarge (413/412) or
+    DataUnavailable (412). `fhir_server` is the hook's server: absolute references on it count."""
+    limits = limits or Limits()
     prefetch = prefetch or {}
     sources: dict[str, SourceKind] = {}
     gathered: list[dict[str, Any]] = []
@@ -148,6 +212,7 @@ def assemble_record(
             continue
         gathered.extend(_resources_of(q.key, value, q))
         sources[q.key] = "prefetch"
+    _check_limits(gathered, limits, "prefetch")
     if to_fetch:
         if fetcher is None:
             raise DataUnavailable([q.key for q in to_fetch], "not prefetched and the FHIR server cannot be used")
@@ -167,10 +232,12 @@ def assemble_record(
                 raise DataUnavailable([q.key], f"the FHIR server sent unusable data ({exc})") from None
             gathered.extend(found)
             sources[q.key] = "fetched"
-    return _record(patient_id, gathered, sources)
+            _check_limits(gathered, limits, "fetched")
+    return _record(patient_id, gathered, sources, fhir_server)
 
 
-def _record(patient_id: str, resources: list[dict[str, Any]], sources: dict[str, SourceKind]) -> Record:
+def _record(patient_id: str, resources: list[dict[str, Any]], sources: dict[str, SourceKind],
+            fhir_server: HttpUrl | None) -> Record:
     seen: dict[tuple[str, str], dict[str, Any]] = {}
     dropped = 0
     for res in resources:
@@ -178,7 +245,7 @@ def _record(patient_id: str, resources: list[dict[str, Any]], sources: dict[str,
             if res.get("id") != patient_id:
                 raise MalformedPrefetch(f"the Patient provided is Patient/{_shown(res.get('id'))}, "
                                        f"context.patientId is {patient_id}")
-        elif not _belongs_to(res, patient_id):
+        elif not references_patient(res, patient_id, fhir_server):
             dropped += 1
             continue
         seen.setdefault((res["resourceType"], str(res.get("id"))), res)

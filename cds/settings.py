@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .net.urls import HttpUrl, UnsafeUrl, parse_http_url
 from .paths import BUNDLES_DIR, ROOT
 
 
@@ -34,12 +35,23 @@ class Settings(BaseSettings):
     catalogue: str = Field(str(BUNDLES_DIR), description="directory of trial bundles or a FHIR base URL")
     catalogue_token: str | None = Field(
         None, description="bearer token for reading the catalogue when TRIAL_CDS_CATALOGUE is a FHIR base URL")
+    terminology_url: str | None = Field(
+        None, description="FHIR terminology server base URL: SNOMED CT is-a definitions of the value sets are expanded "
+                          "there (ValueSet/$expand) at catalogue load and reload; on failure the committed expansion stays")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     pool_size: int | None = Field(None, ge=1, le=16)
     cql_timeout: float = Field(10.0, gt=0, description="seconds per CQL evaluation")
     fetch_timeout: float = Field(5.0, gt=0, description="seconds per FHIR request")
     hook_budget: float = Field(15.0, gt=0, description="seconds for all FHIR fetching in one hook call")
     fetch_page_cap: int = Field(20, ge=1, description="most `next` pages followed per search")
+    max_body_bytes: int = Field(
+        8_000_000, ge=1024, description="largest request body accepted (bytes); larger ones get 413 before they are read")
+    max_record_resources: int = Field(
+        5000, ge=10, description="most resources in one patient's record (prefetched and fetched together)")
+    max_resources_per_type: int = Field(
+        3000, ge=10, description="most resources of one type in one patient's record")
+    jwt_max_lifetime: float = Field(300.0, gt=0, description="longest accepted client JWT lifetime, exp - iat (s)")
+    jwt_leeway: float = Field(30.0, ge=0, description="clock skew tolerated on exp / iat / nbf (s)")
     admin_token: str | None = Field(
         None, description="bearer token for /admin endpoints (besides a CDS Hooks JWT); in insecure mode, "
                           "/admin/reload is open when this is unset and needs it when it is set")
@@ -48,6 +60,31 @@ class Settings(BaseSettings):
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split(value)
+
+    @field_validator("fhir_allowlist")
+    @classmethod
+    def _allowlist_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            try:
+                parse_http_url(url)
+            except UnsafeUrl as exc:
+                raise ValueError(f"TRIAL_CDS_FHIR_ALLOWLIST entry refused by the URL policy: {exc}") from None
+        return value
+
+    @field_validator("trusted_issuers")
+    @classmethod
+    def _jwks_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        for iss, url in value.items():
+            try:
+                parse_http_url(url)
+            except UnsafeUrl as exc:
+                raise ValueError(f"TRIAL_CDS_TRUSTED_ISSUERS: JWKS URL of {iss!r} refused by the URL policy: {exc}") from None
+        return value
+
+    @property
+    def allowlist(self) -> list[HttpUrl]:
+        """The FHIR servers the service may call with a client's token, parsed by the URL policy."""
+        return [parse_http_url(url) for url in self.fhir_allowlist]
 
     @field_validator("trusted_issuers", mode="before")
     @classmethod

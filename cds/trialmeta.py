@@ -100,6 +100,8 @@ class Trial(_Strict):
     nct: str | None = Field(None, pattern=r"^NCT[0-9]{8}$")
     local_identifier: str | None = None
     title: str
+    short_title: str | None = Field(
+        None, max_length=70, description="what a clinician calls the trial: the card summary names it by this")
     official_title: str | None = None
     description: str
     status: Literal["active", "closed-to-accrual", "completed", "in-review", "approved"] = "active"

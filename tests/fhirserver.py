@@ -32,9 +32,15 @@ class FhirServerUnavailable(RuntimeError):
 
 
 class FhirTestServer:
-    def __init__(self, *, token: str | None = None, base: str = "/fhir/R4") -> None:
+    def __init__(self, *, token: str | None = None, base: str = "/fhir/R4", smart: bool = False,
+                 smart_clients: dict[str, str] | None = None) -> None:
+        """`smart`: run the SMART authorization server (oidc-provider) at /oauth and check a SMART
+        bearer token on every FHIR call (`token` stays accepted: the tests' and the loader's own);
+        `smart_clients`: public client id -> redirect URI."""
         self._token = token
         self._base = base
+        self._smart = smart
+        self._clients = smart_clients or {}
         self._proc: subprocess.Popen[str] | None = None
         self._stderr: list[str] = []
         self.port: int | None = None
@@ -49,6 +55,10 @@ class FhirTestServer:
         cmd = [node, str(SCRIPT), "--port", "0", "--base", self._base]
         if self._token:
             cmd += ["--token", self._token]
+        if self._smart:
+            cmd.append("--smart")
+            for client_id, redirect in self._clients.items():
+                cmd += ["--smart-client", f"{client_id}={redirect}"]
         self._proc = subprocess.Popen(cmd, cwd=SERVER_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, encoding="utf-8")
         threading.Thread(target=self._drain_stderr, daemon=True).start()
@@ -132,6 +142,27 @@ class FhirTestServer:
         if retry_after is not None:
             body["retryAfter"] = retry_after
         requests.post(f"{self.root_url}/$fail", json=body, timeout=10).raise_for_status()
+
+    # -- SMART (smart=True) ---------------------------------------------------------------
+    @property
+    def issuer(self) -> str:
+        return f"{self.root_url}/oauth"
+
+    def launch(self, patient: str | None, app_context: str | None = None) -> str:
+        """The EHR's launch context for an app it opens; returns the `launch` id."""
+        r = requests.post(f"{self.root_url}/$launch", json={"patient": patient, "appContext": app_context}, timeout=10)
+        r.raise_for_status()
+        return str(r.json()["launch"])
+
+    def expire(self, token: str) -> bool:
+        """End this access token's lifetime now (as if its clock ran out)."""
+        return requests.post(f"{self.root_url}/$expire", json={"token": token}, timeout=10).status_code == 200
+
+    def revoke(self, token: str, client_id: str) -> None:
+        """RFC 7009 revocation at the authorization server, as a public client does it."""
+        r = requests.post(f"{self.issuer}/token/revocation", data={"token": token, "client_id": client_id,
+                                                                    "token_type_hint": "access_token"}, timeout=10)
+        r.raise_for_status()
 
     # -- conveniences for assertions -----------------------------------------------------
     def all_resources(self, resource_type: str) -> list[dict[str, Any]]:

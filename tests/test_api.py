@@ -33,7 +33,7 @@ def test_evaluate_returns_typed_values_of_every_define(adult: dict) -> None:
     # The engine keeps CQL Decimals and Integers as one JS number type: a whole-number Decimal
     # (116.0) arrives as 116. Fractions arrive as Decimal, never float.
     assert egfr["value"] == 116 and egfr["derived"] is False
-    assert isinstance(common["Default ULN"][2]["uln"].value, Decimal)
+    assert isinstance(common["Default ULN"][2]["low"], Decimal)  # 25.8 (a fraction: Decimal)
     assert isinstance(egfr["evidence"][0]["date"], CqlDateTime)
     assert result.at == "2026-11-26T09:00:00.000Z"
 

@@ -370,7 +370,8 @@ _READINGS = [
     ("interpretation-NEG", dict(interpretation="NEG"), H, None, False, False),
     ("interpretation-DET", dict(interpretation="DET"), H, None, True, True),
     ("interpretation-ND", dict(interpretation="ND"), H, None, False, False),
-    ("interpretation-H-only", dict(interpretation="H"), H, None, None, None),
+    # H: above the lab's range, which for a presence test (serology, viral load) is positive.
+    ("interpretation-H-only", dict(interpretation="H"), H, None, True, True),
     ("string-Positive", dict(value_string="Positive"), H, True, None, True),
     ("string-negative", dict(value_string="negative"), H, False, None, False),
     ("string-Not-detected", dict(value_string="Not detected"), H, False, None, False),
@@ -380,7 +381,11 @@ _READINGS = [
     ("quantity-above-range", dict(value=230000, unit="[IU]/mL", ref_high=10), V, True, None, True),
     ("quantity-within-range", dict(value=5, unit="[IU]/mL", ref_high=10), V, False, None, False),
     ("quantity-no-range", dict(value=50, unit="[IU]/mL"), V, None, None, None),
-    ("quantity-comparator->", dict(value=50, unit="[IU]/mL", comparator=">"), V, None, None, None),
+    # Reported above the assay's range (">50"): detected.
+    ("quantity-comparator->", dict(value=50, unit="[IU]/mL", comparator=">"), V, True, None, True),
+    ("string->1.7x10^8", dict(value_string=">1.7x10^8"), V, True, None, True),
+    ("string-Reactive", dict(value_string="Reactive"), H, True, None, True),
+    ("string-Non-reactive", dict(value_string="Non-reactive"), H, False, None, False),
     ("negative-value-positive-interpretation",
      dict(value_code=("SNOMEDCT", "260385009"), interpretation="POS"), H, False, True, None),
     ("positive-value-negative-interpretation",
@@ -447,6 +452,10 @@ _MALIGNANCY = [
     ("snomed-254837009-breast", "SNOMEDCT", "254837009", True, False),
     ("snomed-254701007-bcc", "SNOMEDCT", "254701007", True, False),
     ("snomed-55464009-sle", "SNOMEDCT", "55464009", False, False),
+    ("who-C50.9-breast", "ICD10", "C50.9", True, False),
+    ("who-C91.0-all", "ICD10", "C91.0", True, False),
+    ("snomed-91857003-all", "SNOMEDCT", "91857003", True, False),
+    ("cm-Z85.3-history-breast", "ICD10CM", "Z85.3", True, False),
 ]
 
 
@@ -767,14 +776,15 @@ def test_threshold_decides_in_canonical_unit(run, scenario, define, status, valu
     assert result["missing"] == []
     [ev] = result["evidence"]
     assert ev["reference"].startswith("Observation/")
-    assert (ev["value"], ev["unit"], ev["note"]) == (value, unit, note)
+    # The note names the look-back window the rule used (the card shows it).
+    assert (ev["value"], ev["unit"], ev["note"]) == (value, unit, note + "; latest result within 90 days")
     assert text(ev["date"]) == utc(ago(days=10 if scenario.startswith("creatinine") else 5))
 
 
 def test_threshold_without_result_is_unknown_with_codes_to_order(run):
     result = run("empty")["Creatinine >2.5"]
     assert result["status"] == "unknown"
-    assert notes(result) == ["no result"]
+    assert notes(result) == ["no result within 90 days"]
     assert result["evidence"][0]["reference"] is None
     assert missing(result) == CREATININE_CODES
 
@@ -798,7 +808,7 @@ def test_threshold_on_unrecognised_value_is_unknown(run, scenario, value, unit):
     assert result["status"] == "unknown"
     [ev] = result["evidence"]
     assert (ev["value"], ev["unit"]) == (value, unit)
-    assert ev["note"] == "unit not recognised for creatinine"
+    assert ev["note"] == "unit not recognised for creatinine; latest result within 90 days"
     assert missing(result) == CREATININE_CODES
 
 
@@ -808,7 +818,7 @@ def test_threshold_on_a_result_below_a_limit_decides_when_the_bound_does(run):
     assert low["status"] == "not-met"
     [ev] = low["evidence"]
     assert (ev["value"], ev["unit"]) == ("<0.3", "mg/dL")
-    assert ev["note"] == "reported as < 0.3 mg/dL; compared > 2.5 mg/dL"
+    assert ev["note"] == "reported as < 0.3 mg/dL; compared > 2.5 mg/dL; latest result within 90 days"
     # "<3.0 mg/dL" could be 2.9 (above 2.5) or 1.0: the bound cannot decide.
     undecided = run("creatinine-lt-3")["Creatinine >2.5"]
     assert undecided["status"] == "unknown"
@@ -820,7 +830,7 @@ def test_threshold_on_non_ucum_unit_text_is_unknown_not_an_engine_error(run):
     assert result["status"] == "unknown"
     [ev] = result["evidence"]
     assert (ev["reference"], ev["value"]) == ("Observation/wbc", "4.2")
-    assert ev["note"] == "unit not recognised for cell-count"
+    assert ev["note"] == "unit not recognised for cell-count; latest result within 90 days"
     assert missing(result) == ["6690-2", "26464-8"]
 
 
@@ -857,19 +867,21 @@ def test_canonical_gives_null_rather_than_a_guess(run, key):
 
 # -- ULN, Times ULN, ULN Threshold -------------------------------------------------------------------
 
-@pytest.mark.parametrize(("scenario", "define", "uln", "unit", "assumed"), by_first([
-    ("alt-100-high-50", "ALT ULN", 50, "U/L", False),
-    ("alt-100-no-range", "ALT ULN", 40, "U/L", True),
-    ("ast-iu-no-range", "AST ULN", 40, "U/L", True),
-    ("bili-umol-high-umol", "Bilirubin ULN", 20.5 / 17.1, "mg/dL", False),
-    ("bili-3-mgdl-no-range", "Bilirubin ULN", 1.2, "mg/dL", True),
-    ("hbv-dna-no-range", "HBV DNA ULN", 20, "[IU]/mL", True),
+@pytest.mark.parametrize(("scenario", "define", "low", "high", "unit", "assumed"), by_first([
+    ("alt-100-high-50", "ALT ULN", 50, 50, "U/L", False),
+    # No lab limit: the plausible range of ULNs for an adult woman (SLECommon "Default ULN").
+    ("alt-100-no-range", "ALT ULN", 19, 56, "U/L", True),
+    ("ast-iu-no-range", "AST ULN", 25, 48, "U/L", True),
+    ("bili-umol-high-umol", "Bilirubin ULN", 20.5 / 17.1, 20.5 / 17.1, "mg/dL", False),
+    ("bili-3-mgdl-no-range", "Bilirubin ULN", 1.0, 1.3, "mg/dL", True),
+    ("hbv-dna-no-range", "HBV DNA ULN", 10, 20, "[IU]/mL", True),
 ]))
-def test_uln_from_reference_range_else_assumed_default(run, scenario, define, uln, unit, assumed):
+def test_uln_from_reference_range_else_assumed_default(run, scenario, define, low, high, unit, assumed):
     got = run(scenario)[define]
     assert got["assumed"] is assumed
-    assert got["uln"]["unit"] == unit
-    assert got["uln"]["value"] == pytest.approx(uln, rel=1e-9)
+    assert got["unreadable"] is False
+    assert got["unit"] == unit
+    assert (got["low"], got["high"]) == (pytest.approx(low, rel=1e-9), pytest.approx(high, rel=1e-9))
 
 
 def test_uln_of_no_observation_is_null(run):
@@ -880,10 +892,10 @@ def test_uln_of_no_observation_is_null(run):
 
 @pytest.mark.parametrize(("scenario", "define", "times"), by_first([
     ("alt-100-high-50", "ALT Times ULN", 2.0),
-    ("alt-100-no-range", "ALT Times ULN", 2.5),
+    ("alt-100-no-range", "ALT Times ULN", 100 / 37.5),  # middle of the assumed range (shown, never decides)
     ("alt-130-high-40", "ALT Times ULN", 3.25),
     ("bili-umol-high-umol", "Bilirubin Times ULN", 34.2 / 20.5),
-    ("bili-3-mgdl-no-range", "Bilirubin Times ULN", 2.5),
+    ("bili-3-mgdl-no-range", "Bilirubin Times ULN", 3 / 1.15),
     ("bili-mmol", "Bilirubin Times ULN", None),
 ]))
 def test_times_uln(run, scenario, define, times):
@@ -892,11 +904,17 @@ def test_times_uln(run, scenario, define, times):
 
 
 @pytest.mark.parametrize(("scenario", "define", "status", "note"), by_first([
-    ("alt-100-high-50", "ALT <3x ULN", "met", "2 x ULN (ULN 50 U/L); compared < 3 x ULN"),
-    ("alt-100-no-range", "ALT <3x ULN", "met", "2.5 x ULN (ULN 40 U/L, assumed ULN); compared < 3 x ULN"),
-    ("alt-130-high-40", "ALT <3x ULN", "not-met", "3.25 x ULN (ULN 40 U/L); compared < 3 x ULN"),
+    ("alt-100-high-50", "ALT <3x ULN", "met", "2 x ULN (50 U/L); compared < 3 x ULN; latest result within 90 days"),
+    # ALT 100 with no lab limit: 1.79 x ULN at the highest plausible ULN, 5.26 x at the lowest:
+    # the default cannot decide "< 3 x ULN".
+    ("alt-100-no-range", "ALT <3x ULN", "unknown",
+     "1.79-5.26 x ULN over the assumed ULN 19-56 U/L (adult, female): lab's upper limit not on record: "
+     "the decision depends on the lab's limit; compared < 3 x ULN; latest result within 90 days"),
+    ("alt-130-high-40", "ALT <3x ULN", "not-met", "3.25 x ULN (40 U/L); compared < 3 x ULN; latest result within 90 days"),
+    # Bilirubin 3 mg/dL is above 2 x ULN over the whole plausible range (1.0-1.3): decided.
     ("bili-3-mgdl-no-range", "Bilirubin <=2x ULN", "not-met",
-     "2.5 x ULN (ULN 1.2 mg/dL, assumed ULN); compared <= 2 x ULN"),
+     "2.31-3 x ULN (assumed ULN 1-1.3 mg/dL (adult, female): lab's upper limit not on record); compared <= 2 x ULN; "
+     "latest result within 90 days"),
 ]))
 def test_uln_threshold_decides(run, scenario, define, status, note):
     result = run(scenario)[define]
@@ -913,15 +931,16 @@ def test_uln_threshold_converts_value_and_lab_uln(run):
     assert result["status"] == "met"                        # 34.2 / 20.5 umol/L = 1.67 x ULN
     [ev] = result["evidence"]
     assert (ev["value"], ev["unit"]) == ("34.2", "umol/L")
-    assert ev["note"].startswith("1.67 x ULN (ULN 1.2 mg/dL)")
+    assert ev["note"].startswith("1.67 x ULN (1.2 mg/dL)")
     assert "assumed" not in ev["note"]
 
 
 @pytest.mark.parametrize(("scenario", "define", "codes", "note"), by_first([
-    ("empty", "ALT <3x ULN", ["1742-6"], "no result"),
+    ("empty", "ALT <3x ULN", ["1742-6"], "no result within 90 days"),
     ("alt-stale", "ALT <3x ULN", ["1742-6"], "stale: 2026-08-18 is older than the 90 days window"),
-    ("alt-mmol", "ALT <3x ULN", ["1742-6"], "unit not recognised for alt"),
-    ("bili-mmol", "Bilirubin <=2x ULN", ["1975-2", "14631-6"], "unit not recognised for bilirubin"),
+    ("alt-mmol", "ALT <3x ULN", ["1742-6"], "result is not a number in a unit known for alt; latest result within 90 days"),
+    ("bili-mmol", "Bilirubin <=2x ULN", ["1975-2", "14631-6"],
+     "result is not a number in a unit known for bilirubin; latest result within 90 days"),
 ]))
 def test_uln_threshold_unknown(run, scenario, define, codes, note):
     result = run(scenario)[define]
@@ -962,11 +981,11 @@ def test_combine_readings(run, key, expected):
 
 
 @pytest.mark.parametrize(("scenario", "status", "note", "codes"), by_first([
-    ("hbsag-positive", "met", "positive", []),
-    ("hbsag-negative", "not-met", "negative", []),
-    ("hbsag-conflicting", "unknown", "result could not be read", ["5196-1"]),
+    ("hbsag-positive", "met", "positive; latest result within 12 months", []),
+    ("hbsag-negative", "not-met", "negative; latest result within 12 months", []),
+    ("hbsag-conflicting", "unknown", "result could not be read; latest result within 12 months", ["5196-1"]),
     ("hbsag-stale", "unknown", "stale: 2025-10-22 is older than the 12 months window", ["5196-1"]),
-    ("empty", "unknown", "no result", ["5196-1"]),
+    ("empty", "unknown", "no result within 12 months", ["5196-1"]),
 ]))
 def test_qualitative_criterion(run, scenario, status, note, codes):
     result = run(scenario)["HBsAg Positive"]
@@ -1119,7 +1138,8 @@ def test_is_malignancy_and_icd_prefix(run, rid, system, code, malignant, prefix)
     row = by_ref(run("malignancy")["Condition Facts"])[f"Condition/{rid}"]
     assert row["malignancy"] is malignant
     assert row["skinPrefix"] is prefix
-    assert row["breastCode"] is (code == "254837009")
+    # The breast cancer value set holds ICD-10 / ICD-10-CM C50 as well as the SNOMED CT concept.
+    assert row["breastCode"] is ("breast" in rid)
 
 
 def test_malignancy_criterion(run):

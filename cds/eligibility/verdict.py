@@ -5,6 +5,12 @@ the CQL. This module only reads them into typed results and applies the verdict 
 excluded when an inclusion is not met or an exclusion is met; likely eligible when every
 data-decidable inclusion is met and every exclusion is not met; possibly eligible otherwise.
 Review-only criteria are carried along and never decide.
+
+Parts of a data-decided criterion that need judgement (an ECG read, contraception agreed)
+come out of the CQL as evidence whose reference is `confirm:<part>` (SLECommon "Confirm");
+they become entries of their own, type "review", status "unknown", id `<criterion id>.<part>`,
+right after their criterion (DESIGN's card extension), so `evaluate --json` and the card carry
+the same "to confirm" items. They never decide a verdict.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from ..engine import Engine
 from .models import Coding, CriterionResult, Evidence, TrialResult, Verdict
 
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+CONFIRM_PREFIX = "confirm:"
 _STATUSES = {"met", "not-met", "unknown"}
 
 
@@ -83,8 +90,26 @@ def decide(criteria: Sequence[CriterionResult]) -> Verdict:
     return "possibly-eligible"
 
 
+def split_confirm_parts(result: CriterionResult) -> list[CriterionResult]:
+    """The criterion without its `confirm:` evidence, followed by one review entry per part."""
+    parts = [e for e in result.evidence if (e.reference or "").startswith(CONFIRM_PREFIX)]
+    if not parts:
+        return [result]
+    kept = [e for e in result.evidence if e not in parts]
+    out = [result.model_copy(update={"evidence": kept})]
+    seen: set[str] = set()
+    for e in parts:
+        part = (e.reference or "")[len(CONFIRM_PREFIX):].strip() or "review"
+        if part in seen:
+            continue
+        seen.add(part)
+        out.append(CriterionResult(id=f"{result.id}.{part}", type="review", text=str(e.value or part),
+                                   status="unknown", evidence=[], missing=[]))
+    return out
+
+
 def trial_result(trial: TrialDef, defines: Mapping[str, Any]) -> TrialResult:
-    criteria = [criterion_result(c, defines.get(c.define)) for c in trial.criteria]
+    criteria = [part for c in trial.criteria for part in split_confirm_parts(criterion_result(c, defines.get(c.define)))]
     return TrialResult(researchStudy=trial.id, verdict=decide(criteria), criteria=criteria)
 
 

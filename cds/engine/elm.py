@@ -14,6 +14,8 @@ from typing import Any
 FHIR_NS = "{http://hl7.org/fhir}"
 
 Elm = Mapping[str, Any]
+# Canonical URL -> the (system, code) pairs of the value set's expansion.
+ValueSetCodes = Mapping[str, Iterable[tuple[str, str]]]
 
 
 @dataclass(frozen=True, order=True)
@@ -52,6 +54,12 @@ def includes(elm: Elm) -> dict[str, str]:
     return {d["localIdentifier"]: d["path"] for d in defs}
 
 
+def value_set_urls(elm: Elm) -> set[str]:
+    """Canonical URLs of the value sets the library declares."""
+    defs = (elm["library"].get("valueSets") or {}).get("def") or []
+    return {str(d["id"]) for d in defs}
+
+
 def define_names(elm: Elm) -> list[str]:
     """Names of the expression definitions (not functions), in source order."""
     defs = (elm["library"].get("statements") or {}).get("def") or []
@@ -86,8 +94,9 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
 class _Resolver:
     """Resolves a retrieve's `codes` expression to concrete codings when it is static."""
 
-    def __init__(self, libraries: Mapping[str, Elm]) -> None:
+    def __init__(self, libraries: Mapping[str, Elm], value_sets: ValueSetCodes | None = None) -> None:
         self.libraries = libraries
+        self.value_sets = value_sets
 
     def _lib(self, current: str, alias: str | None) -> str:
         if alias is None:
@@ -126,6 +135,14 @@ class _Resolver:
                     return None
                 out |= got
             return out
+        if kind == "ValueSetRef":
+            target = self._lib(lib, node.get("libraryName"))
+            vs_def = self._statement(target, "valueSets", node["name"])
+            if vs_def is None or self.value_sets is None or vs_def["id"] not in self.value_sets:
+                return None
+            return {Coding(system, code) for system, code in self.value_sets[vs_def["id"]]}
+        if kind == "ExpandValueSet":
+            return self.codes(node.get("operand"), lib, depth + 1)
         if kind in {"ToList", "ToConcept", "As"}:
             return self.codes(node.get("operand"), lib, depth + 1)
         if kind == "Property" and node.get("path") == "codes":
@@ -156,9 +173,13 @@ class _Resolver:
         return None
 
 
-def data_requirements(names: Iterable[str], libraries: Mapping[str, Elm]) -> dict[str, TypeRequirement]:
-    """Resource types (and codes, where static) retrieved by the named libraries and includes."""
-    resolver = _Resolver(libraries)
+def data_requirements(names: Iterable[str], libraries: Mapping[str, Elm],
+                      value_sets: ValueSetCodes | None = None) -> dict[str, TypeRequirement]:
+    """Resource types (and codes, where static) retrieved by the named libraries and includes.
+
+    A retrieve filtered by a value set is resolved through `value_sets` (its expansion); one
+    whose value set is not given counts as unfiltered (every resource of the type is needed)."""
+    resolver = _Resolver(libraries, value_sets)
     out: dict[str, TypeRequirement] = {}
     for lib in closure(names, libraries):
         for node in _walk(libraries[lib]["library"].get("statements")):
@@ -181,14 +202,22 @@ def data_requirements(names: Iterable[str], libraries: Mapping[str, Elm]) -> dic
     return out
 
 
-def orderable_codes(libraries: Mapping[str, Elm]) -> set[tuple[str, str]]:
-    """The first code of every code-list define: by convention the code to order or record.
+def orderable_codes(libraries: Mapping[str, Elm], value_sets: Mapping[str, Any] | None = None) -> set[tuple[str, str]]:
+    """The first code of every code-list define and of every value set the libraries declare:
+    by convention the code to order or record.
 
-    (SLECommon lists several accepted codes per test, the preferred one first; a card
-    suggests ordering that one, not every synonym.)
+    (A value set lists several accepted codes per test, the preferred one first; a card
+    suggests ordering that one, not every synonym.) `value_sets` maps canonical URL to an
+    object with `codes` (terminology.ValueSetExpansion).
     """
     resolver = _Resolver(libraries)
     out: set[tuple[str, str]] = set()
+    declared = {url for doc in libraries.values() for url in value_set_urls(doc)}
+    for url in declared:
+        vs = (value_sets or {}).get(url)
+        codes = getattr(vs, "codes", None)
+        if codes and not getattr(vs, "members", ()):
+            out.add((codes[0].system, codes[0].code))
     for lib, doc in libraries.items():
         for stmt in (doc["library"].get("statements") or {}).get("def") or []:
             expr = stmt.get("expression") or {}

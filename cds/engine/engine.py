@@ -64,10 +64,21 @@ class Engine:
         timeout: float = 10.0,
         trim: bool = True,
         command: Sequence[str] | None = None,
+        value_sets: Mapping[str, Any] | None = None,
     ) -> None:
+        """`value_sets`: canonical URL -> terminology.ValueSetExpansion, what the code service
+        holds; by default the committed expansions of the project's catalogue (fhir_bundles/)."""
+        from ..terminology import committed_value_sets, cql_value_sets
+
         self.libraries = {k: dict(v) for k, v in libraries.items()}
         self.trim = trim
-        self.pool = WorkerPool(self.libraries, size=pool_size, timeout=timeout, command=command)
+        declared = {url for doc in self.libraries.values() for url in elm_mod.value_set_urls(doc)}
+        if value_sets is None:
+            value_sets = committed_value_sets() if declared else {}
+        self.value_sets = dict(value_sets)
+        self._codes = {url: [(c.system, c.code) for c in vs.codes] for url, vs in self.value_sets.items()}
+        self.pool = WorkerPool(self.libraries, size=pool_size, timeout=timeout, command=command,
+                               value_sets=cql_value_sets({u: v for u, v in self.value_sets.items() if u in declared}))
         self._requirements: dict[frozenset[str], dict[str, elm_mod.TypeRequirement]] = {}
         # Cost of evaluating a library grows with its ELM; used to balance a split call.
         self._weight = {name: len(json.dumps(doc)) for name, doc in self.libraries.items()}
@@ -95,7 +106,7 @@ class Engine:
     def requirements(self, libraries: Sequence[str]) -> dict[str, elm_mod.TypeRequirement]:
         key = frozenset(libraries)
         if key not in self._requirements:
-            self._requirements[key] = elm_mod.data_requirements(libraries, self.libraries)
+            self._requirements[key] = elm_mod.data_requirements(libraries, self.libraries, self._codes)
         return self._requirements[key]
 
     def evaluate(

@@ -20,6 +20,7 @@ const cqlfhir = require("cql-exec-fhir");
 const { checkUnit } = require("cql-execution/lib/util/units");
 
 import { applyFastPaths, dropLocalIds, shareIncludedLibraries } from "./fastpaths.mjs";
+import { IndexedCodeService } from "./codeservice.mjs";
 
 applyFastPaths();
 
@@ -30,7 +31,7 @@ const UCUM = "http://unitsofmeasure.org";
 const state = {
   repository: null,
   elm: {},
-  codeService: new cql.CodeService({}),
+  codeService: new IndexedCodeService({}),
   executors: new Map(),
   patientSource: cqlfhir.PatientSource.FHIRv401(),
 };
@@ -126,7 +127,7 @@ function load(req) {
   for (const elm of Object.values(libs)) dropLocalIds(elm);
   state.elm = libs;
   state.repository = new cql.Repository(libs);
-  state.codeService = new cql.CodeService(req.valueSets || {});
+  state.codeService = new IndexedCodeService(req.valueSets || {});
   state.executors = new Map();
   return { libraries: Object.keys(libs) };
 }

@@ -6,7 +6,8 @@ Libraries are followed through `depends-on` (a trial's rules need SLECommon and 
 The catalogue's screening Library (SLEScreen, which defines "In Catalogue Population") is not
 referenced by any Group, so it is read by its canonical URL; when the server lacks it the
 service runs without the screening gate (slower for patients without SLE, same cards).
-CQL-only Libraries (no ELM) are compiled here with the official translator. A Library that
+The ValueSets the Libraries depend on are read by canonical URL (every version: a site adds
+its local codes by publishing a newer one). CQL-only Libraries (no ELM) are compiled here with the official translator. A Library that
 cannot be read or compiled is reported in `Catalogue.problems` and its trial is skipped; the
 other trials load. A server that cannot be searched at all raises FhirError.
 """
@@ -68,6 +69,7 @@ def _load(client: FhirClient, screen_library: str | None) -> Catalogue:
         todo.insert(0, screen_library)  # popped last
         optional.add(screen_library)
     libraries: list[dict[str, Any]] = []
+    value_set_urls: list[str] = []
     while todo:
         url = todo.pop()
         if url in seen:
@@ -90,11 +92,59 @@ def _load(client: FhirClient, screen_library: str | None) -> Catalogue:
         libraries.append(lib)
         for art in lib.get("relatedArtifact") or []:
             if art.get("type") == "depends-on" and art.get("resource"):
-                todo.append(str(art["resource"]))
+                target = str(art["resource"])
+                if "/ValueSet/" not in target:
+                    todo.append(target)
+                elif target not in value_set_urls:
+                    value_set_urls.append(target)
     compiled = _compile_cql_only(libraries, problems)
-    catalogue = Catalogue.from_resources(resources + compiled)
+    for lib in compiled:
+        value_set_urls.extend(u for u in _elm_value_sets(lib) if u not in value_set_urls)
+    value_sets = _value_sets(client, value_set_urls, problems)
+    catalogue = Catalogue.from_resources(resources + compiled + value_sets)
     catalogue.problems[:0] = problems
     return catalogue
+
+
+def _elm_value_sets(lib: dict[str, Any]) -> list[str]:
+    """Value set URLs an (ELM-carrying) Library declares, for Libraries that list no depends-on."""
+    for content in lib.get("content") or []:
+        if content.get("contentType") == "application/elm+json" and content.get("data"):
+            try:
+                elm = json.loads(base64.b64decode(content["data"]))
+                return [str(d["id"]) for d in ((elm.get("library") or {}).get("valueSets") or {}).get("def") or []]
+            except (ValueError, KeyError, TypeError):
+                return []
+    return []
+
+
+def _value_sets(client: FhirClient, urls: list[str], problems: list[str]) -> list[dict[str, Any]]:
+    """Every version of each value set (the catalogue picks one), and the value sets they include.
+
+    Searched by canonical URL in batches (`url=a,b,c` is an OR search); a site publishes its
+    local codes as a newer version under the same URL."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    todo = list(dict.fromkeys(urls))
+    seen: set[str] = set()
+    while todo:
+        batch = [u for u in todo[:20] if u not in seen]
+        todo = todo[20:]
+        if not batch:
+            continue
+        seen.update(batch)
+        try:
+            got = client.search("ValueSet?url=" + ",".join(quote(u, safe="") for u in batch) + "&_count=200")
+        except FhirError as exc:
+            problems.append(f"ValueSet search: {exc}")
+            continue
+        for vs in got:
+            found.setdefault(str(vs.get("url")), []).append(vs)
+            for inc in (vs.get("compose") or {}).get("include") or []:
+                todo.extend(u for u in inc.get("valueSet") or [] if u not in seen)
+        for url in batch:
+            if url not in found:
+                problems.append(f"ValueSet {url}: not on the server")
+    return [vs for versions in found.values() for vs in versions]
 
 
 def _version_key(version: Any) -> tuple[Any, ...]:

@@ -10,27 +10,22 @@ evaluating a partial record.
 
 from __future__ import annotations
 
-import email.utils
-import http.cookiejar
 import json
 import logging
-import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
-import urllib3
-from requests.adapters import HTTPAdapter
+
+from ..net.http import BodyBroken, BodyDeadline, BodyTooLarge, read_body, retry_after, shared_session
+from ..net.urls import HttpUrl, UnsafeUrl, parse_http_url
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = {429, 503}
 PAGE_SIZE = 100
 MAX_TRIES = 3
-CHUNK_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1_000_000  # one page of a patient's search; more is a broken or hostile server
 
 
@@ -56,83 +51,14 @@ class FhirAuthError(FhirError):
     pass
 
 
-_session: requests.Session | None = None
-_session_lock = threading.Lock()
-
-
-def shared_session() -> requests.Session:
-    """One pooled session per process (connections reused across hook calls)."""
-    global _session
-    with _session_lock:
-        if _session is None:
-            s = requests.Session()
-            adapter = HTTPAdapter(pool_connections=16, pool_maxsize=32, max_retries=0)
-            s.mount("http://", adapter)
-            s.mount("https://", adapter)
-            s.trust_env = False  # no proxies or .netrc credentials picked up from the environment
-            # No cookie jar: the session is shared by every hook call, so a cookie the EHR set for one
-            # user's token would otherwise ride along the next user's requests.
-            s.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-            _session = s
-        return _session
-
-
-def _origin(url: str) -> tuple[str, str, int, str]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or (443 if scheme == "https" else 80)
-    path = parts.path.rstrip("/")
-    return scheme, (parts.hostname or "").lower(), port, path
-
-
-def _dot_segments(path: str) -> bool:
-    """`..`/`.` segments (also percent-encoded or with backslashes) that servers resolve upwards."""
-    text = unquote(path).replace("\\", "/")
-    return any(seg in (".", "..") for seg in text.split("/"))
-
-
-def under(url: str, base: str) -> bool:
-    """True when `url` is `base` or below it (same scheme, host, port; path at a segment boundary).
-
-    A path with dot segments is never under anything: `/fhir/../admin` starts with `/fhir/` as
-    text, but the server (or a proxy in front of it) resolves it to `/admin`.
-    """
-    try:
-        if _dot_segments(urlsplit(url).path):
-            return False
-        s1, h1, p1, path1 = _origin(url)
-        s2, h2, p2, path2 = _origin(base)
-    except ValueError:
-        return False
-    if (s1, h1, p1) != (s2, h2, p2) or not h1:
-        return False
-    return path1 == path2 or path1.startswith(path2 + "/")
-
-
-def allowed(fhir_server: str, allowlist: Sequence[str]) -> bool:
-    """May the service call `fhir_server` (with the token it was given)?"""
-    return any(under(fhir_server, prefix) for prefix in allowlist if prefix)
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 class FhirClient:
     """Reads from one FHIR base URL with one token, within one time budget."""
 
-    def __init__(self, base_url: str, token: str | None, *, timeout: float = 5.0, budget: float = 15.0,
+    def __init__(self, base_url: HttpUrl | str, token: str | None, *, timeout: float = 5.0, budget: float = 15.0,
                  page_cap: int = 20, session: requests.Session | None = None) -> None:
-        self.base = base_url.rstrip("/") + "/"
+        """`base_url` must pass the URL policy (cds.net.urls); the token goes to nothing outside it."""
+        base = base_url if isinstance(base_url, HttpUrl) else parse_http_url(base_url)
+        self.base = HttpUrl(base.scheme, base.host, base.port, base.path.rstrip("/") + "/", None)
         self._token = token
         self.timeout = timeout
         self.deadline = time.monotonic() + budget
@@ -150,20 +76,28 @@ class FhirClient:
     def _remaining(self) -> float:
         return self.deadline - time.monotonic()
 
-    def _get(self, url: str) -> _Reply:
-        if not under(url, self.base):
+    def _resolve(self, reference: str) -> HttpUrl:
+        """A path or link, resolved against the base and checked: it must stay under the base."""
+        try:
+            url = self.base.join(reference)
+        except UnsafeUrl as exc:
+            raise FhirError(f"refusing a URL the policy does not accept ({exc})") from None
+        if not url.under(self.base):
             raise FhirError("refusing to follow a URL outside the FHIR server it was given")
+        return url
+
+    def _get(self, url: HttpUrl) -> _Reply:
         headers = {"Accept": "application/fhir+json, application/json"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        path = urlsplit(url).path
+        path = url.path
         for attempt in range(1, MAX_TRIES + 1):
             remaining = self._remaining()
             if remaining <= 0:
                 raise FhirTimeout(f"FHIR server did not answer within the {self.budget:g} s budget")
             try:
                 self.requests_made += 1
-                resp = self.session.get(url, headers=headers, timeout=min(self.timeout, remaining),
+                resp = self.session.get(str(url), headers=headers, timeout=min(self.timeout, remaining),
                                         allow_redirects=False, stream=True)
             except requests.Timeout:
                 raise FhirTimeout(f"FHIR server timed out ({path})") from None
@@ -171,7 +105,7 @@ class FhirClient:
                 raise FhirError(f"FHIR server unreachable ({exc.__class__.__name__})") from None
             try:
                 if resp.status_code in RETRY_STATUSES and attempt < MAX_TRIES:
-                    wait = _retry_after(resp.headers.get("Retry-After"))
+                    wait = retry_after(resp.headers.get("Retry-After"))
                     wait = 0.5 * attempt if wait is None else wait
                     if wait >= self._remaining():
                         raise FhirError(f"FHIR server busy (HTTP {resp.status_code}) beyond the time budget",
@@ -184,29 +118,16 @@ class FhirClient:
         raise FhirError("FHIR server kept refusing", None)  # pragma: no cover - loop returns or raises
 
     def _body(self, resp: requests.Response, path: str) -> bytes:
-        """The whole body, read within the hook's budget and size cap.
-
-        `timeout` bounds each socket read, not the response: a server trickling bytes would
-        otherwise hold the hook for ever. read1 returns what has arrived, so the deadline is
-        checked between reads.
-        """
-        body = bytearray()
+        """The whole body, read within the hook's budget and size cap."""
         try:
-            while True:
-                chunk = resp.raw.read1(CHUNK_BYTES, decode_content=True)
-                if not chunk:
-                    return bytes(body)
-                body += chunk
-                if len(body) > MAX_BODY_BYTES:
-                    raise FhirError(f"FHIR server sent more than {MAX_BODY_BYTES // 1_000_000} MB for {path}")
-                if self._remaining() <= 0:
-                    raise FhirTimeout(f"FHIR server did not finish answering {path} within the {self.budget:g} s budget")
-        except (urllib3.exceptions.ReadTimeoutError, requests.Timeout):
-            raise FhirTimeout(f"FHIR server timed out mid-response ({path})") from None
-        except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError, OSError) as exc:
-            raise FhirError(f"FHIR server response was cut off or corrupt ({path}: {exc.__class__.__name__})") from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise FhirError(f"FHIR server response could not be read ({path}: {exc.__class__.__name__})") from None
+            return read_body(resp, max_bytes=MAX_BODY_BYTES, deadline=self.deadline)
+        except BodyTooLarge:
+            raise FhirError(f"FHIR server sent more than {MAX_BODY_BYTES // 1_000_000} MB for {path}") from None
+        except BodyDeadline as exc:
+            raise FhirTimeout(f"FHIR server did not finish answering {path} within the {self.budget:g} s budget "
+                              f"({exc})") from None
+        except BodyBroken as exc:
+            raise FhirError(f"FHIR server response was cut off or corrupt ({path}: {exc})") from None
 
     def _json(self, resp: _Reply, what: str) -> dict[str, Any]:
         if resp.status_code in (401, 403):
@@ -225,7 +146,7 @@ class FhirClient:
 
     def read(self, path: str) -> dict[str, Any] | None:
         """GET one resource; None when the server says it does not exist (404/410)."""
-        resp = self._get(urljoin(self.base, path))
+        resp = self._get(self._resolve(path))
         if resp.status_code in (404, 410):
             return None
         doc = self._json(resp, path.split("?")[0])
@@ -241,7 +162,7 @@ class FhirClient:
         """
         if "_count=" not in path:
             path += ("&" if "?" in path else "?") + f"_count={PAGE_SIZE}"
-        url: str | None = urljoin(self.base, path)
+        url: HttpUrl | None = self._resolve(path)
         what = path.split("?")[0] + " search"
         out: list[dict[str, Any]] = []
         pages = 0
@@ -268,5 +189,5 @@ class FhirClient:
                         if isinstance(link, dict) and link.get("relation") == "next"), None)
             if nxt is not None and not isinstance(nxt, str):
                 raise FhirError(f"{what} returned a malformed next link")
-            url = urljoin(self.base, nxt) if nxt else None
+            url = self._resolve(nxt) if nxt else None
         return out

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..net.urls import UnsafeUrl, parse_http_url
+
 FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
 
 
@@ -66,18 +68,26 @@ class PatientViewContext(_In):
 
 
 class HookRequest(_In):
-    hook: str
+    hook: str = Field(json_schema_extra={"enum": ["patient-view"]})
     hookInstance: str = Field(min_length=1, max_length=128)
-    fhirServer: str | None = Field(None, max_length=2048)
+    fhirServer: str | None = Field(None, max_length=2048, json_schema_extra={"format": "uri"})
     fhirAuthorization: FhirAuthorization | None = None
-    context: dict[str, Any]
+    # Any hook's context is an object; this service reads the patient-view one (PatientViewContext).
+    context: dict[str, Any] = Field(json_schema_extra={
+        "required": ["patientId"], "properties": {"patientId": {"type": "string", "pattern": FHIR_ID},
+                                                  "userId": {"type": "string"}}})
     prefetch: dict[str, dict[str, Any] | None] | None = None
 
     @field_validator("fhirServer")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("fhirServer must be an http(s) URL")
+        # The same parser that will connect decides (cds.net.urls): backslashes, userinfo,
+        # encoded separators and the like are refused here, with the reason.
+        if value is not None:
+            try:
+                parse_http_url(value)
+            except UnsafeUrl as exc:
+                raise ValueError(f"fhirServer is not an acceptable URL: {exc}") from None
         return value
 
     @model_validator(mode="after")
@@ -178,7 +188,7 @@ class Feedback(_In):
     outcome: Literal["accepted", "overridden"]
     acceptedSuggestions: list[AcceptedSuggestion] | None = None
     overrideReason: OverrideReason | None = None
-    outcomeTimestamp: str
+    outcomeTimestamp: str = Field(json_schema_extra={"format": "date-time"})
 
     @field_validator("outcomeTimestamp")
     @classmethod

@@ -64,9 +64,14 @@ def _chunks(codes: list[Coding], prefix: str) -> list[list[Coding]]:
     return chunks
 
 
-def prefetch_queries(libraries: Mapping[str, Mapping[str, Any]], names: list[str]) -> list[PrefetchQuery]:
-    """The Patient read plus one search (or a few, when the code list is long) per type."""
-    reqs: dict[str, TypeRequirement] = data_requirements(names, libraries)
+def prefetch_queries(libraries: Mapping[str, Mapping[str, Any]], names: list[str],
+                     value_sets: Mapping[str, Any] | None = None) -> list[PrefetchQuery]:
+    """The Patient read plus one search (or a few, when the code list is long) per type.
+
+    `value_sets` (canonical URL -> terminology.ValueSetExpansion) resolves retrieves filtered
+    by a value set to its codes; without it such a retrieve asks for every resource of its type."""
+    codes = {url: [(c.system, c.code) for c in vs.codes] for url, vs in (value_sets or {}).items()}
+    reqs: dict[str, TypeRequirement] = data_requirements(names, libraries, codes)
     queries = [PrefetchQuery("patient", "Patient", f"Patient/{PATIENT_TOKEN}")]
     for rtype in sorted(reqs):
         if rtype == "Patient":

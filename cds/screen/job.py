@@ -73,7 +73,7 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def out_schema() -> Any:
-    from pyspark.sql import types as T
+    from pyspark.sql import types as T  # noqa: N812 - PySpark's own convention
 
     s, b, i, d, lng = T.StringType(), T.BooleanType(), T.IntegerType(), T.DoubleType(), T.LongType()
     coding = T.StructType([T.StructField("system", s), T.StructField("code", s), T.StructField("display", s)])
@@ -92,8 +92,8 @@ def out_schema() -> Any:
     return T.StructType([T.StructField(name, types[name]) for name in OUT_FIELDS])
 
 
-RESULT_COLUMNS = ["patient_id", "trial", "in_population", "verdict", "deceased", "excluded_by", "undecided", "missing_tests",
-                  "to_confirm", "oldest_evidence", "newest_evidence", "criteria"]
+RESULT_COLUMNS = ["patient_id", "trial", "in_population", "verdict", "deceased", "excluded_by", "undecided",
+                  "missing_tests", "to_confirm", "oldest_evidence", "newest_evidence", "criteria"]
 
 
 # -- the Spark session ---------------------------------------------------------------------
@@ -205,11 +205,12 @@ def _run(spark: SparkSession, source: str, out: Path, catalogue: Catalogue, at: 
         partitions = max(4 * sc.defaultParallelism, min(2000, math.ceil(size / (4 << 20))))
     spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
     names = [catalogue.trial(t).library for t in chosen] + ([gate] if gate else [])
-    read_types = set(data_requirements(names, catalogue.libraries))
+    codes = {url: [(c.system, c.code) for c in vs.codes] for url, vs in catalogue.value_sets.items()}
+    read_types = set(data_requirements(names, catalogue.libraries, codes))
     task = ScreenTask(catalogue=catalogue, trials=tuple(chosen), at=execution_time(at), gate=gate,
                       pool_size=pool_size, timeout=timeout, key=catalogue_key(catalogue),
-                      orderable=frozenset(orderable_codes(catalogue.libraries)),
-                      known_systems=bulk.code_systems(catalogue.libraries),
+                      orderable=frozenset(orderable_codes(catalogue.libraries, catalogue.value_sets)),
+                      known_systems=bulk.code_systems(catalogue.libraries, catalogue.value_sets),
                       code_paths=tuple(sorted(bulk.primary_code_paths().items())))
     shipped = sc.broadcast(task)
     counts = sc.accumulator({}, DictAccumulator())
@@ -244,7 +245,8 @@ def _run(spark: SparkSession, source: str, out: Path, catalogue: Catalogue, at: 
         "inputBytes": size,
         "seconds": {"evaluate": round(evaluated - started, 2), "summarise": round(summarised - evaluated, 2),
                     "write": round(finished - summarised, 2), "total": round(finished - started, 2)},
-        "engineSeconds": {"gate": round(patients["gate_ms"] / 1000, 2), "trials": round(patients["trials_ms"] / 1000, 2)},
+        "engineSeconds": {"gate": round(patients["gate_ms"] / 1000, 2),
+                          "trials": round(patients["trials_ms"] / 1000, 2)},
         "patients": patients["patients"], "inPopulation": patients["population"],
     }
     (out / RUN).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
@@ -261,7 +263,7 @@ def summarise(table: DataFrame, catalogue: Catalogue, chosen: Sequence[str], gat
     Spark job; `toLocalIterator` would be one job per partition."""
     from collections import Counter
 
-    from pyspark.sql import functions as F
+    from pyspark.sql import functions as F  # noqa: N812 - PySpark's own convention
 
     from ..engine.engine import execution_time
 
@@ -359,7 +361,7 @@ def summarise(table: DataFrame, catalogue: Catalogue, chosen: Sequence[str], gat
 
 def patient_stats(table: DataFrame) -> dict[str, Any]:
     """Patients screened, in the population, resources evaluated, engine time (gate, trials)."""
-    from pyspark.sql import functions as F
+    from pyspark.sql import functions as F  # noqa: N812 - PySpark's own convention
 
     r = table.where(F.col("kind") == KIND_PATIENT).agg(
         F.count(F.lit(1)).alias("patients"), F.sum(F.col("in_population").cast("int")).alias("population"),

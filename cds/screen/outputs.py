@@ -41,7 +41,7 @@ def _coding_text(m: Any) -> str:
 
 def write_outputs(spark: SparkSession, table: DataFrame, out: Path, catalogue: Catalogue, chosen: Sequence[str],
                   summary: dict[str, Any], total_rows: int) -> None:
-    from pyspark.sql import functions as F
+    from pyspark.sql import functions as F  # noqa: N812 - PySpark's own convention
 
     from .job import NOT_SCREENED, REPORT, RESULT_COLUMNS, RESULTS, SUMMARY, WORKLIST
     from .report import render
@@ -56,8 +56,9 @@ def write_outputs(spark: SparkSession, table: DataFrame, out: Path, catalogue: C
 
     titles = {t.id: t.title for t in catalogue.trials}
     # Candidates and unscreened patients are few (a share of the population); one collect each.
-    worklist = sorted(results.where(F.col("verdict").isin(*VERDICT_ORDER) & ~F.col("deceased")).collect(),
-                      key=lambda r: (VERDICT_ORDER[r["verdict"]], r["trial_order"], len(r["undecided"]), r["patient_id"]))
+    candidates = results.where(F.col("verdict").isin(*VERDICT_ORDER) & ~F.col("deceased")).collect()
+    worklist = sorted(candidates, key=lambda r: (VERDICT_ORDER[r["verdict"]], r["trial_order"], len(r["undecided"]),
+                                                 r["patient_id"]))
     with (out / WORKLIST).open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(WORKLIST_HEADER)

@@ -26,7 +26,7 @@ class DictAccumulator(AccumulatorParam):  # type: ignore[type-arg]
     def zero(self, value: dict[str, int]) -> dict[str, int]:
         return {}
 
-    def addInPlace(self, a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    def addInPlace(self, a: dict[str, int], b: dict[str, int]) -> dict[str, int]:  # noqa: N802 - PySpark API
         for k, v in b.items():
             a[k] = a.get(k, 0) + v
         return a

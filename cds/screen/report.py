@@ -32,11 +32,14 @@ PROBLEM_TEXT = {
 }
 
 CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#212121;padding:0 1rem}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1100px;
+color:#212121;padding:0 1rem}
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
 h3{margin-bottom:.3rem}.meta{color:#616161}.note{background:#fff8e1;border-left:4px solid #f9a825;padding:.6rem 1rem}
-table{border-collapse:collapse;margin:.6rem 0}td,th{padding:.25rem .6rem;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
-th{background:#fafafa}td.n{text-align:right;font-variant-numeric:tabular-nums}.key span{display:inline-block;width:.9rem;height:.9rem;margin:0 .3rem 0 1rem;vertical-align:-2px}
+table{border-collapse:collapse;margin:.6rem 0}
+td,th{padding:.25rem .6rem;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
+th{background:#fafafa}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.key span{display:inline-block;width:.9rem;height:.9rem;margin:0 .3rem 0 1rem;vertical-align:-2px}
 svg text{font:12px system-ui,sans-serif;fill:#212121}code{font-size:.92em}
 """
 
@@ -59,7 +62,8 @@ def _svg_open(width: int, height: int) -> str:
             'xmlns="http://www.w3.org/2000/svg">')
 
 
-def bar_chart(items: Sequence[tuple[str, int]], colour: str = "#1565c0", width: int = 760, label_width: int = 300) -> str:
+def bar_chart(items: Sequence[tuple[str, int]], colour: str = "#1565c0", width: int = 760,
+              label_width: int = 300) -> str:
     """Horizontal bars, one per (label, value); an inline SVG."""
     if not items:
         return ""
@@ -125,13 +129,14 @@ def render(summary: Mapping[str, Any]) -> str:
     out.append("<table><tr><th>patients screened</th><th>in the catalogue's population</th>"
                "<th>not screened (see below)</th><th>resources evaluated</th></tr>"
                f'<tr><td class="n">{_n(screened)}</td><td class="n">{_n(in_pop)} ({_pct(in_pop, screened)})</td>'
-               f'<td class="n">{_n(patients["notScreened"])}</td><td class="n">{_n(patients["resources"])}</td></tr></table>')
-    out.append('<p class="note">A screening aid, not an eligibility decision. "Likely eligible" means every criterion the '
-               "data can decide is shown by the record; \"possibly eligible\" means nothing in the record excludes the "
-               "patient but some criteria are undecided (missing, stale or unclassifiable data), listed with the tests to "
-               "order. Criteria needing a clinician (consent, contraception, investigator judgement) are always to be "
-               "confirmed. Patients outside the catalogue's population (no SLE diagnosis the rules recognise) are not "
-               "evaluated against the trials.</p>")
+               f'<td class="n">{_n(patients["notScreened"])}</td>'
+               f'<td class="n">{_n(patients["resources"])}</td></tr></table>')
+    out.append('<p class="note">A screening aid, not an eligibility decision. "Likely eligible" means every '
+               "criterion the data can decide is shown by the record; \"possibly eligible\" means nothing in the "
+               "record excludes the patient but some criteria are undecided (missing, stale or unclassifiable data), "
+               "listed with the tests to order. Criteria needing a clinician (consent, contraception, investigator "
+               "judgement) are always to be confirmed. Patients outside the catalogue's population (no SLE diagnosis "
+               "the rules recognise) are not evaluated against the trials.</p>")
 
     # Verdicts.
     keys = ["likely-eligible", "possibly-eligible", "excluded", "outside-population"]
@@ -184,7 +189,8 @@ def render(summary: Mapping[str, Any]) -> str:
             continue
         out.append(f"<h3>{escape(t['title'])}: criteria left undecided</h3><table><tr><th>criterion</th>"
                    "<th>possibly-eligible patients</th></tr>" + "".join(
-                       f"<tr><td>{escape(_criterion_text(t, u['criterion']))}</td><td class=\"n\">{_n(u['patients'])}</td></tr>"
+                       f"<tr><td>{escape(_criterion_text(t, u['criterion']))}</td>"
+                       f"<td class=\"n\">{_n(u['patients'])}</td></tr>"
                        for u in undecided) + "</table>")
 
     # Data quality.
@@ -202,7 +208,8 @@ def render(summary: Mapping[str, Any]) -> str:
         out.append("<p>Every line was read and attributed to a patient.</p>")
     if summary["patientProblems"]:
         out.append("<table><tr><th>patients</th><th>count</th></tr>" + "".join(
-            f"<tr><td>{escape(PROBLEM_TEXT.get(k, k))}</td><td class=\"n\">{_n(v['count'] if k == 'duplicate-lines' else v['patients'])}</td></tr>"
+            f"<tr><td>{escape(PROBLEM_TEXT.get(k, k))}</td>"
+            f"<td class=\"n\">{_n(v['count'] if k == 'duplicate-lines' else v['patients'])}</td></tr>"
             for k, v in summary["patientProblems"].items()) + "</table><p>Patients not screened are listed in "
             "<code>not-screened.csv</code>.</p>")
     codes = summary.get("codesNoRuleReads") or {}

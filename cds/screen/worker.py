@@ -25,9 +25,10 @@ from typing import Any
 from ..catalogue import Catalogue
 from ..eligibility import CriterionResult, TrialResult, evaluate_trials
 from ..engine import Engine, EngineError, EngineUnavailable
+from ..ruleset import SCREEN_DEFINE, screen_library
 from .bulk import PROBLEM, split_problem
 
-POPULATION_DEFINE = "In Catalogue Population"
+POPULATION_DEFINE = SCREEN_DEFINE
 
 # Problems found while assembling one patient's record.
 NO_PATIENT_RESOURCE = "no-patient-resource"
@@ -48,13 +49,8 @@ OUT_FIELDS = ("kind", "patient_id", "trial", "trial_order", "in_population", "ve
 
 
 def population_library(catalogue: Catalogue) -> str | None:
-    """The library defining "In Catalogue Population" (the catalogue's gate), if any."""
-    from ..engine.elm import define_names
-
-    for name in sorted(catalogue.libraries):
-        if POPULATION_DEFINE in define_names(catalogue.libraries[name]):
-            return name
-    return None
+    """The library defining "In Catalogue Population" (the catalogue's gate), as the service finds it."""
+    return screen_library(catalogue)
 
 
 @dataclass(frozen=True)
@@ -87,7 +83,9 @@ def engine_for(task: ScreenTask) -> Engine:
     with _engines_lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = Engine(task.catalogue.libraries, pool_size=task.pool_size, timeout=task.timeout).start()
+            # Built as the service builds it (cds.ruleset.build_ruleset): the catalogue's own value sets.
+            engine = Engine(task.catalogue.libraries, pool_size=task.pool_size, timeout=task.timeout,
+                            value_sets=task.catalogue.value_sets).start()
             _engines[key] = engine
         return engine
 
@@ -266,7 +264,7 @@ def screen_patient(engine: Engine, task: ScreenTask, patient_id: str, lines: Seq
         raise
     except EngineError as exc:
         count("not-screened", 1)
-        return rows + [problem_row(EVALUATION_FAILED, str(exc)[:300], 1, patient_id)]
+        return [*rows, problem_row(EVALUATION_FAILED, str(exc)[:300], 1, patient_id)]
     done = time.perf_counter()
     count("patients", 1)
     if in_population:

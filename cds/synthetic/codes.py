@@ -7,6 +7,7 @@ SYSTEMS = {
     "SNOMEDCT": "http://snomed.info/sct",
     "SCT": "http://snomed.info/sct",
     "ICD10CM": "http://hl7.org/fhir/sid/icd-10-cm",
+    "ICD10": "http://hl7.org/fhir/sid/icd-10",
     "RxNorm": "http://www.nlm.nih.gov/research/umls/rxnorm",
     "CVX": "http://hl7.org/fhir/sid/cvx",
     "Local": "https://trial-cds.dev/codes",

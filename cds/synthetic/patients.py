@@ -168,6 +168,7 @@ class AdultOptions:
     diagnosis: str = "sle"  # or "drug-induced"
     prior_cart: bool = False
     lymphoma: bool = False
+    ckd: bool = False  # chronic kidney disease on the problem list (stage 4 after lupus nephritis)
 
 
 def adult_record(pid: str, at: datetime, o: AdultOptions = AdultOptions()) -> list[Resource]:
@@ -202,6 +203,9 @@ def adult_record(pid: str, at: datetime, o: AdultOptions = AdultOptions()) -> li
     else:
         out.append(_condition(pid, "dil", onset, ("SNOMEDCT", "201436003", "Drug-induced systemic lupus erythematosus"),
                               ("ICD10CM", "M32.0", "Drug-induced systemic lupus erythematosus")))
+    if o.ckd:
+        out.append(_condition(pid, "ckd", ago(at, 400), ("SNOMEDCT", "709044004", "Chronic kidney disease"),
+                              ("ICD10CM", "N18.4", "Chronic kidney disease, stage 4 (severe)")))
     if o.lymphoma:
         out.append(_condition(pid, "dlbcl", ago(at, 20), ("ICD10CM", "C83.30", "Diffuse large B-cell lymphoma, unspecified site"),
                               text="Diffuse large B-cell lymphoma (biopsy 3 weeks ago), staging under way"))
@@ -461,14 +465,17 @@ _ENTRIES: list[SyntheticPatient] = [
         "low-egfr",
         "adult-likely with chronic kidney disease stage 4 after lupus nephritis: creatinine 2.6 mg/dL, eGFR 25 "
         "(CKD-EPI 2021 for a woman of 29), Cockcroft-Gault 28 mL/min. Excluded by 002 (eGFR < 30), 003 "
-        "(creatinine clearance < 30) and 004 (creatinine > 2.5 mg/dL, CrCl < 30).",
-        _adult(creatinine=2.6), _verdicts(EXCLUDED, t000=LIKELY), base="adult-likely",
+        "(irreversible kidney damage: CKD on the problem list, and creatinine clearance < 30) and 004 "
+        "(creatinine > 2.5 mg/dL, CrCl < 30).",
+        _adult(creatinine=2.6, ckd=True), _verdicts(EXCLUDED, t000=LIKELY), base="adult-likely",
         deciding=_deciding(t002={"002-E3"}, t003={"003-E3"}, t004={"004-E1", "004-I9"})),
     SyntheticPatient(
         "creatinine-umol-high",
         "adult-likely whose lab reports creatinine in SI units: 230 umol/L (2.60 mg/dL, above 004's 221 umol/L), "
-        "eGFR 25. Excluded by 004 (creatinine), 002 (eGFR) and 003 (creatinine clearance).",
-        _adult(creatinine=230, creatinine_unit="umol/L"), _verdicts(EXCLUDED, t000=LIKELY),
+        "eGFR 25, no chronic kidney disease on record. Excluded by 004 (creatinine) and 002 (eGFR); possibly "
+        "eligible for 003, whose exclusion needs irreversible kidney damage as well as a clearance below 30 (the "
+        "investigator judges whether it is).",
+        _adult(creatinine=230, creatinine_unit="umol/L"), _verdicts(EXCLUDED, t000=LIKELY, t003=POSSIBLY),
         base="adult-likely", deciding=_deciding(t002={"002-E3"}, t003={"003-E3"}, t004={"004-E1", "004-I9"})),
     SyntheticPatient(
         "stale-labs",
@@ -476,7 +483,7 @@ _ENTRIES: list[SyntheticPatient] = [
         "possibly eligible wherever a lab decides; 000 decides on scores and history only.",
         _adult(labs_days_ago=182), _verdicts(EXCLUDED, t000=LIKELY, t002=POSSIBLY, t003=POSSIBLY, t004=POSSIBLY),
         base="adult-likely",
-        deciding=_deciding(t002={"002-I5", "002-E3", "002-E9"}, t003={"003-I7", "003-I8", "003-I13", "003-E3", "003-E4", "003-E8"},
+        deciding=_deciding(t002={"002-I5", "002-E3", "002-E9"}, t003={"003-I7", "003-I8", "003-I13", "003-E4", "003-E8"},
                            t004={"004-I4", "004-I5", "004-I6", "004-I7", "004-I8", "004-I9", "004-I11", "004-E1", "004-E14"})),
     SyntheticPatient(
         "hiv-positive",
@@ -634,16 +641,15 @@ def random_patient(index: int, at: datetime, seed: int = 0) -> dict[str, Any]:
 
 def advertised_queries(catalogue_dir: Path = BUNDLES_DIR) -> list[PrefetchQuery]:
     """The prefetch queries the service advertises for this catalogue, computed by the service's
-    own start-up code (`cds.app.build_state`), so the requests cannot drift from discovery."""
-    from ..app import build_state
+    own catalogue code (`cds.ruleset.build_ruleset`), so the requests cannot drift from discovery."""
+    from ..ruleset import build_ruleset
     from ..settings import Settings
 
-    state = build_state(Settings(catalogue=str(catalogue_dir), db=Path(":memory:"), insecure=True, pool_size=1))
+    rules = build_ruleset(Settings(catalogue=str(catalogue_dir), pool_size=1))
     try:
-        return list(state.queries)
+        return list(rules.queries)
     finally:
-        state.store.close()
-        state.store_thread.shutdown(wait=False)
+        rules.retire()
 
 
 def hook_request(name: str, bundle: Mapping[str, Any], queries: Iterable[PrefetchQuery]) -> dict[str, Any]:

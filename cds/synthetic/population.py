@@ -39,13 +39,13 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from . import fhir as F
-from . import patients as P
-from . import trial_records as T
+from . import fhir as F  # noqa: N812 - as in cds.synthetic.patients
+from . import patients as P  # noqa: N812
+from . import trial_records as T  # noqa: N812
 from .trial_records import ago, born
 
 Resource = dict[str, Any]
@@ -151,7 +151,8 @@ def _sparse_sle(pid: str, at: datetime, rng: random.Random) -> list[Resource]:
         F.patient(pid, birth, "female" if female else "male", name="Sparse"),
         P._condition(pid, "sle", onset, ("SNOMEDCT", "55464009", "Systemic lupus erythematosus"),
                      ("ICD10CM", "M32.9", "Systemic lupus erythematosus, unspecified")),
-        F.medication_statement(pid, "5521", onset + timedelta(days=10), None, dose_mg=200, status="active", rid=f"{pid}-hcq"),
+        F.medication_statement(pid, "5521", onset + timedelta(days=10), None, dose_mg=200, status="active",
+                               rid=f"{pid}-hcq"),
         P._lab(pid, "hb", "718-7", labs, round(rng.uniform(105, 140)), "g/L", high=150),
         P._lab(pid, "wbc", "6690-2", labs, round(rng.uniform(3.0, 8.0), 1), "10*9/L", high=9.5),
         P._lab(pid, "plt", "777-3", labs, round(rng.uniform(140, 320)), "10*9/L", high=350),
@@ -210,7 +211,8 @@ def _encounters(pid: str, at: datetime, rng: random.Random, n: int) -> list[Reso
         when = ago(at, rng.uniform(1, 700))
         out.append({
             "resourceType": "Encounter", "id": f"{pid}-enc-{k}", "status": "finished",
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB", "display": "ambulatory"},
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB",
+                      "display": "ambulatory"},
             "subject": {"reference": f"Patient/{pid}"},
             "period": {"start": F.iso(when), "end": F.iso(when + timedelta(minutes=20))},
         })
@@ -277,9 +279,10 @@ def build(index: int, o: Options) -> tuple[str, list[Resource], str]:
         if rng.random() < 0.3:
             _si_bilirubin(resources)
         if rng.random() < 0.2:  # the commonest comorbidity of SLE
-            resources.append(P._finalise(pid, [P._condition(pid, "htn", ago(at=o.at, days=rng.uniform(200, 3000)),
-                                                            ("SNOMEDCT", "38341003", "Hypertensive disorder"),
-                                                            ("ICD10CM", "I10", "Essential (primary) hypertension"))])[0])
+            onset = ago(o.at, rng.uniform(200, 3000))
+            htn = P._condition(pid, "htn", onset, ("SNOMEDCT", "38341003", "Hypertensive disorder"),
+                               ("ICD10CM", "I10", "Essential (primary) hypertension"))
+            resources.append(P._finalise(pid, [htn])[0])
         profile = f"sle:{profile}:{style}"
     else:
         resources = P._finalise(pid, _other_patient(pid, o.at, rng))
@@ -327,15 +330,17 @@ def defects(o: Options) -> tuple[dict[str, list[str]], dict[str, int]]:
         good = json.dumps(obs(i, {"reference": f"Patient/{patient_id(o.seed, rng.randrange(o.patients))}"}))
         lines["Observation"].append(good[: len(good) // 2])  # truncated write
         counts["malformed"] += 1
-        for j, subject in enumerate([{"reference": "Group/clinic-7"}, {"reference": f"urn:uuid:{rng.getrandbits(64):016x}"},
-                                     None, {"display": "J. Smith"}, {"reference": "Patient/"}]):
+        unusable = [{"reference": "Group/clinic-7"}, {"reference": f"urn:uuid:{rng.getrandbits(64):016x}"},
+                    None, {"display": "J. Smith"}, {"reference": "Patient/"}]
+        for j, subject in enumerate(unusable):
             lines["Observation"].append(json.dumps(obs(i * 10 + j, subject)))
             counts["no-patient-reference"] += 1
         lines["Observation"].append(json.dumps({"resourceType": "Observaton", "id": f"typo-{i}",
                                           "subject": {"reference": f"Patient/{patient_id(o.seed, 0)}"}}))
         counts["unknown-resource-type"] += 1
         orphan = f"not-exported-{i}"
-        lines["Condition"].append(json.dumps(F.condition(orphan, "SNOMEDCT", "55464009", ago(o.at, 900), rid=f"{orphan}-sle")))
+        sle = F.condition(orphan, "SNOMEDCT", "55464009", ago(o.at, 900), rid=f"{orphan}-sle")
+        lines["Condition"].append(json.dumps(sle))
         counts["no-patient-resource"] += 1
     return lines, counts
 
@@ -418,7 +423,7 @@ def write(out: Path, o: Options, *, processes: int | None = None) -> dict[str, A
 
 def _parse_at(text: str) -> datetime:
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def main(argv: list[str] | None = None) -> int:

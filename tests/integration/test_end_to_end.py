@@ -131,6 +131,9 @@ def test_catalogue_from_the_server_equals_the_local_bundles(remote: LiveServer) 
     assert state.catalogue.trials == local.trials
     assert state.catalogue.libraries == local.libraries
     assert state.screen_library == "SLEScreen"
+    # The value sets, read back by canonical URL, are the committed ones, code for code.
+    assert {u: (v.version, v.codes) for u, v in state.catalogue.value_sets.items()} == \
+        {u: (v.version, v.codes) for u, v in local.value_sets.items()}
 
 
 def test_the_catalogue_was_read_with_the_catalogue_token(server: FhirTestServer) -> None:
@@ -254,6 +257,7 @@ def test_a_failing_reload_keeps_the_current_catalogue(http: requests.Session, re
     assert {t.id for t in remote.app.state.cds.catalogue.trials} == TRIAL_IDS
     ready = http.get(remote.base_url + "/readyz", timeout=30)
     assert ready.status_code == 200 and ready.json()["trials"] == 5
+    assert ready.json()["terminology"] == {"source": "committed expansions"}
 
 
 def test_a_sixth_trial_appears_after_reload_and_a_broken_one_is_reported(
@@ -285,3 +289,49 @@ def test_a_sixth_trial_appears_after_reload_and_a_broken_one_is_reported(
     assert essence([c for c in cards if c is not mine[0]]) == essence(by_prefetch["adult-likely"])
     # a patient without SLE is still screened out
     assert _post(http, remote, _committed_hook("no-sle")) == []
+
+
+# -- a site adds its local codes: a new version of a ValueSet, picked up by a reload -------------------
+
+LOCAL_DX = "http://hospital.example.org/diagnoses"
+
+
+def _with_local_cancer(hook: dict[str, Any]) -> dict[str, Any]:
+    """The adult-likely hook with a breast cancer coded only in the hospital's own code system."""
+    hook = json.loads(json.dumps(hook))
+    conditions = hook["prefetch"]["condition"]
+    conditions.setdefault("entry", []).append({"resource": {
+        "resourceType": "Condition", "id": "adult-likely-local-ca",
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+        "code": {"coding": [{"system": LOCAL_DX, "code": "ONC-117", "display": "Mammakarzinom links"}]},
+        "subject": {"reference": "Patient/adult-likely"}, "onsetDateTime": "2026-10-01"}})
+    return hook
+
+
+def _card(cards: list[dict[str, Any]], trial: str) -> dict[str, Any] | None:
+    return next((c for c in cards if c["extension"]["trial-cds"]["researchStudy"] == trial), None)
+
+
+def test_a_new_value_set_version_with_a_local_code_is_picked_up_by_a_reload(
+        http: requests.Session, remote: LiveServer, server: FhirTestServer) -> None:
+    hook = _with_local_cancer(_committed_hook("adult-likely"))
+    before = _card(_post(http, remote, hook), "nct07318259")
+    assert before is not None and before["extension"]["trial-cds"]["verdict"] == "possibly-eligible"
+    e10 = next(c for c in before["extension"]["trial-cds"]["criteria"] if c["id"] == "002-E10")
+    assert e10["status"] == "unknown" and any("could not be classified" in (e["note"] or "") for e in e10["evidence"])
+
+    committed = next(vs for vs in Catalogue.from_directory(BUNDLES_DIR).value_sets.values() if vs.url.endswith("/malignancy"))
+    site = json.loads(json.dumps(committed.resource))
+    site.update(id="malignancy-site-1-0-1", version="1.0.1")
+    site["compose"]["include"].append({"system": LOCAL_DX, "concept": [{"code": "ONC-117", "display": "Mammakarzinom links"}]})
+    site["expansion"]["contains"].append({"system": LOCAL_DX, "code": "ONC-117", "display": "Mammakarzinom links"})
+    site["expansion"]["total"] += 1
+    report = Publisher(server.base_url, TOKEN).publish([Source("site-value-set", [site])])
+    assert report.failure is None, report.failure
+
+    assert _reload(http, remote).status_code == 200
+    state = remote.app.state.cds
+    assert state.catalogue.value_sets[committed.url].version == "1.0.1"
+    after = _post(http, remote, hook)
+    assert _card(after, "nct07318259") is None  # 002-E10 met: excluded, no card
+    assert _card(after, "nct06710717") is None  # 003-E1 active cancer: excluded

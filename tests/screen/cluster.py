@@ -75,8 +75,8 @@ class StandaloneCluster:
             self.url = master.wait_for(r"Starting Spark master at (spark://\S+)").group(1)
             master.wait_for(r"New state: ALIVE")
             for i in range(workers):
-                self._start(f"worker-{i}", ["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--port", "0",
-                                            "--webui-port", "0", "--cores", "1", "--memory", "1g",
+                self._start(f"worker-{i}", ["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
+                                            "--port", "0", "--webui-port", "0", "--cores", "1", "--memory", "1g",
                                             "--work-dir", str(work_dir / f"worker-{i}"), self.url])
             for w in self.workers:
                 w.wait_for(r"Successfully registered with master")

@@ -142,7 +142,8 @@ def test_unreadable_codes_are_those_in_no_system_the_rules_name(catalogue: Catal
         cond(text="lupus"),
         {"resource": {"resourceType": "MedicationRequest", "id": "m",
                       "medicationCodeableConcept": {"coding": [{"system": "urn:local:formulary", "code": "17"}]}}},
-        {"resource": {"resourceType": "MedicationRequest", "id": "r", "medicationReference": {"reference": "Medication/1"}}},
+        {"resource": {"resourceType": "MedicationRequest", "id": "r",
+                      "medicationReference": {"reference": "Medication/1"}}},
     ]}
     assert unreadable_codes(bundle, task) == ["Condition http://hl7.org/fhir/sid/icd-10", "Condition (no coding)",
                                               "MedicationRequest urn:local:formulary"]

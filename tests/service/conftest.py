@@ -28,6 +28,7 @@ from cds.hooks.prefetch import PrefetchQuery
 from cds.settings import Settings
 from cds.synthetic import fhir as F
 from cds.synthetic.ehr import prefetch_for
+from cds.web.server import uvicorn_config
 
 from ..trials.test_000_criteria import fits
 from .fake_ehr import FakeEhr, closed_port
@@ -110,8 +111,8 @@ class LiveServer:
     def __init__(self, app: FastAPI, port: int | None = None) -> None:
         self.app = app
         self.port = port or free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=True,
-                                lifespan="on", timeout_graceful_shutdown=5)
+        config = uvicorn_config(app, "127.0.0.1", self.port, log_config=None, access_log=True, lifespan="on",
+                                timeout_graceful_shutdown=5)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
 

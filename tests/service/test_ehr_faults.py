@@ -19,9 +19,10 @@ from .fake_ehr import FakeEhr, Listener
 
 BUDGET = 3.0
 PER_REQUEST = 1.0
-# Scheduling slack on a busy 2-core machine (no CQL runs in these calls: they fail before it,
-# or the patient has no SLE and only the small screening library runs).
-SLACK = 2.5
+# A generous deadline on top of the configured budget: it holds on a loaded 2-core machine and
+# still proves the point, since every fault below would otherwise hold the call for 30 s or more
+# (no CQL runs in these calls: they fail before it, or the patient has no SLE).
+SLACK = 8.0
 
 
 def _check_answer(resp: Any, elapsed: float, status: int, cause: str, bound: float) -> None:

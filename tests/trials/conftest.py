@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
+from cds.catalogue import Catalogue
 from cds.engine import Engine
+from cds.paths import BUNDLES_DIR
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +19,9 @@ def rules_engine(compiled_rules: dict[str, dict[str, Any]]) -> Iterator[Engine]:
         yield engine
     finally:
         engine.close()
+
+
+@pytest.fixture(scope="session")
+def catalogue() -> Catalogue:
+    """The catalogue as the service loads it (fhir_bundles/): trials, libraries, value sets."""
+    return Catalogue.from_directory(BUNDLES_DIR)

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
-from cds.synthetic import fhir as F
 # The patient who fits the trial lives in the package (the synthetic patient generator uses it).
 from cds.synthetic.trial_records import bilag_panel
 from cds.synthetic.trial_records import fits_000 as fits
 
-from .kit import criterion, day, ev_for, evaluate_trial, missing_codes, notes
+from tests.conftest import EVAL_AT
+
+from .kit import Chart, ago, criterion, day, ev_for, evaluate_trial, missing_codes, notes, without
 
 TRIAL = "tongji-cd19-bcma-cart-sle"
 
@@ -45,21 +46,20 @@ Resource = dict[str, Any]
 PID = "p000"
 
 
+# The kit's builders for this module's patient; case ids are plain names ("Observation/s6").
+C = Chart(PID, EVAL_AT, ids="plain")
+
+
 def base(at: datetime, *drop: str) -> list[Resource]:
     """The fitting patient without the resources whose id ends in one of `drop`."""
-    return [res for res in fits(PID, at) if not any(res["id"] == f"{PID}-{d}" for d in drop)]
+    return without(fits(PID, at), *(f"{PID}-{d}" for d in drop))
 
 
 def run(engine: Any, define: str, resources: list[Resource], at: datetime) -> dict[str, Any]:
     return criterion(engine, TRIAL, define, resources, at)
 
 
-def ago(at: datetime, days: float) -> datetime:
-    return at - timedelta(days=days)
-
-
-def score(kind: str, value: float, when: datetime, rid: str) -> Resource:
-    return F.observation(PID, "Local", kind, when, value=value, unit="{score}", category="survey", rid=rid)
+score = C.score
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,8 +88,8 @@ def test_000_fits_the_trial(rules_engine, eval_at):
 def test_000_review_criteria(rules_engine, eval_at, define, record):
     resources = {
         "fits": fits(PID, eval_at),
-        "empty": [F.patient(PID, None, None)],
-        "male": [F.patient(PID, date(1980, 1, 2), "male")],
+        "empty": [C.patient(None, None)],
+        "male": [C.patient(date(1980, 1, 2), "male")],
     }[record]
     out = run(rules_engine, define, resources, eval_at)
     assert out["status"] == "unknown"
@@ -114,7 +114,7 @@ def _born(at: datetime, years: int, days_after_birthday: int) -> date:
     pytest.param(lambda at: _born(at, 18, -1), "not-met", "17", id="000-I2-not-met-17"),
 ])
 def test_000_i2_age(rules_engine, eval_at, birth: Callable[[datetime], date], status, age):
-    out = run(rules_engine, I2, [F.patient(PID, birth(eval_at), "male")], eval_at)
+    out = run(rules_engine, I2, [C.patient(birth(eval_at), "male")], eval_at)
     assert out["status"] == status
     ev = out["evidence"][0]
     assert (ev["reference"], ev["value"], ev["unit"]) == (f"Patient/{PID}", age, "a")
@@ -122,7 +122,7 @@ def test_000_i2_age(rules_engine, eval_at, birth: Callable[[datetime], date], st
 
 
 def test_000_i2_missing_birth_date(rules_engine, eval_at):
-    out = run(rules_engine, I2, [F.patient(PID, None, "female")], eval_at)
+    out = run(rules_engine, I2, [C.patient(None, "female")], eval_at)
     assert out["status"] == "unknown"
     assert "birth date not recorded" in notes(out)
 
@@ -149,23 +149,23 @@ I3_CASES = [
     ("000-I3-not-met-no-diagnosis", "not-met", ("sle",), [],
      lambda out, at: "no record found of an active SLE diagnosis" in notes(out)),
     ("000-I3-not-met-drug-induced-lupus", "not-met", ("sle",),
-     [F.condition(PID, "SNOMEDCT", "201436003", date(2020, 6, 1), rid="dil")],
+     [C.cond("SNOMEDCT", "201436003", date(2020, 6, 1), name="dil")],
      lambda out, at: ev_for(out, "Condition/dil")["note"] == "diagnosis: not-met; drug-induced lupus is not SLE"),
     ("000-I3-not-met-resolved-diagnosis", "not-met", ("sle",),
-     [F.condition(PID, "SNOMEDCT", "55464009", date(2015, 1, 1), clinical_status="resolved", rid="old")],
+     [C.cond("SNOMEDCT", "55464009", date(2015, 1, 1), clinical_status="resolved", name="old")],
      lambda out, at: "no record found of an active SLE diagnosis" in notes(out)),
     ("000-I3-not-met-score-below-10", "not-met", ("eular",),
      [score("eular-acr-2019", 8, datetime(2019, 3, 15, 10, 0), "eular8")],
      lambda out, at: (ev_for(out, "Observation/eular8")["value"], ev_for(out, "Observation/eular8")["unit"],
                   day(ev_for(out, "Observation/eular8"))) == ("8", "{score}", "2019-03-15")),
     ("000-I3-not-met-diagnosed-10-weeks-ago", "not-met", ("sle",),
-     [F.condition(PID, "SNOMEDCT", "55464009", date(2026, 9, 17), rid="new")],
+     [C.cond("SNOMEDCT", "55464009", date(2026, 9, 17), name="new")],
      lambda out, at: (ev_for(out, "Condition/new")["value"], ev_for(out, "Condition/new")["unit"],
                   day(ev_for(out, "Condition/new"))) == ("10", "wk", "2026-09-17")),
     ("000-I3-missing-score", "unknown", ("eular",), [],
      lambda out, at: missing_codes(out) == {"eular-acr-2019"} and "EULAR/ACR 2019: unknown; no result" in notes(out)),
     ("000-I3-missing-diagnosis-date", "unknown", ("sle",),
-     [F.condition(PID, "SNOMEDCT", "55464009", None, rid="undated")],
+     [C.cond("SNOMEDCT", "55464009", None, name="undated")],
      lambda out, at: "duration: unknown; onset or recorded date of the SLE diagnosis not recorded" in notes(out)),
 ]
 
@@ -181,9 +181,9 @@ def test_000_i3_duration_boundary(rules_engine, eval_at):
     """168 days (24 weeks) before screening is enough; 167 days is not."""
     at_day = eval_at.date()
     ok = run(rules_engine, I3, base(eval_at, "sle") + [
-        F.condition(PID, "SNOMEDCT", "55464009", at_day - timedelta(days=168), rid="d168")], eval_at)
+        C.cond("SNOMEDCT", "55464009", at_day - timedelta(days=168), name="d168")], eval_at)
     short = run(rules_engine, I3, base(eval_at, "sle") + [
-        F.condition(PID, "SNOMEDCT", "55464009", at_day - timedelta(days=167), rid="d167")], eval_at)
+        C.cond("SNOMEDCT", "55464009", at_day - timedelta(days=167), name="d167")], eval_at)
     assert ok["status"] == "met"
     assert short["status"] == "not-met"
     assert ev_for(short, "Condition/d167")["note"].startswith("duration: not-met")
@@ -218,8 +218,8 @@ def test_000_i4_met(rules_engine, eval_at):
 
 def _bilag_domains(when: datetime, grades: dict[str, str]) -> list[Resource]:
     """BILAG-2004 sent as one Observation per domain."""
-    return [F.observation(PID, "Local", f"bilag-2004-{d}", when, value_code=("BILAG", g), category="survey",
-                          rid=f"bilag-{d}") for d, g in grades.items()]
+    return [C.obs(f"bilag-2004-{d}", when, f"bilag-{d}", "Local", value_code=("BILAG", g), category="survey")
+            for d, g in grades.items()]
 
 
 ALL_C = {d: "C" for d in BILAG_DOMAINS}
@@ -227,7 +227,7 @@ ALL_C = {d: "C" for d in BILAG_DOMAINS}
 I4_CASES = [
     # SELENA-SLEDAI > 6
     ("000-I4-selena-not-met-6", "not-met", ("selena",), lambda at: [score("selena-sledai", 6, ago(at, 7), "s6")],
-     lambda out, at: ev_for(out, "Observation/s6")["note"] == "SELENA-SLEDAI: not-met; compared > 6 {score}"
+     lambda out, at: ev_for(out, "Observation/s6")["note"] == "SELENA-SLEDAI: not-met; compared > 6 {score}; latest result within 90 days"
      and ev_for(out, "Observation/s6")["value"] == "6"),
     ("000-I4-selena-met-7", "met", ("selena",), lambda at: [score("selena-sledai", 7, ago(at, 7), "s7")],
      lambda out, at: ev_for(out, "Observation/s7")["note"].startswith("SELENA-SLEDAI: met")),
@@ -239,7 +239,7 @@ I4_CASES = [
      and "stale" in ev_for(out, "Observation/sold")["note"]),
     # PGA >= 1
     ("000-I4-pga-not-met", "not-met", ("pga",), lambda at: [score("pga", 0.5, ago(at, 7), "pga05")],
-     lambda out, at: ev_for(out, "Observation/pga05")["note"] == "PGA: not-met; compared >= 1 {score}"),
+     lambda out, at: ev_for(out, "Observation/pga05")["note"] == "PGA: not-met; compared >= 1 {score}; latest result within 90 days"),
     ("000-I4-pga-met-boundary", "met", ("pga",), lambda at: [score("pga", 1, ago(at, 7), "pga1")],
      lambda out, at: ev_for(out, "Observation/pga1")["note"].startswith("PGA: met")),
     ("000-I4-pga-missing", "unknown", ("pga",), lambda at: [],
@@ -270,26 +270,26 @@ I4_CASES = [
     ("000-I4-treatment-not-met-none", "not-met", ("hcq", "pred", "mmf", "belim"), lambda at: [],
      lambda out, at: "treatment: not-met; no record found: standard SLE treatment" in notes(out)),
     ("000-I4-treatment-not-met-6-weeks", "not-met", ("hcq", "pred", "mmf", "belim"),
-     lambda at: [F.medication_request(PID, "8640", ago(at, 42), None, dose_mg=40, rid="p6w")],
+     lambda at: [C.medrq("8640", ago(at, 42), None, dose_mg=40, name="p6w")],
      lambda out, at: "shorter than 12 weeks" in ev_for(out, "MedicationRequest/p6w")["note"]),
     ("000-I4-treatment-not-met-intended-only", "not-met", ("hcq", "pred", "mmf", "belim"),
-     lambda at: [F.medication_statement(PID, "5521", ago(at, 200), None, dose_mg=200, status="intended",
-                                        rid="planned")],
+     lambda at: [C.medst("5521", ago(at, 200), None, dose_mg=200, status="intended",
+                                        name="planned")],
      lambda out, at: "no record found" in notes(out)),
     ("000-I4-treatment-met-12-weeks-azathioprine", "met", ("hcq", "pred", "mmf", "belim"),
-     lambda at: [F.medication_statement(PID, "1256", ago(at, 150), ago(at, 66), dose_mg=100, rid="aza")],
+     lambda at: [C.medst("1256", ago(at, 150), ago(at, 66), dose_mg=100, name="aza")],
      lambda out, at: "(84 days)" in ev_for(out, "MedicationStatement/aza")["note"]),
     ("000-I4-treatment-met-display-differs", "met", ("hcq", "pred", "mmf", "belim"),
-     lambda at: [_redisplayed(F.medication_request(PID, "8640", ago(at, 150), None, dose_mg=20, rid="predB"),
+     lambda at: [_redisplayed(C.medrq("8640", ago(at, 150), None, dose_mg=20, name="predB"),
                               "Prednisone")],
      lambda out, at: ev_for(out, "MedicationRequest/predB")["value"] == "prednisone"),
     ("000-I4-treatment-unknown-old-course", "unknown", ("hcq", "pred", "mmf", "belim"),
-     lambda at: [F.medication_statement(PID, "68149", ago(at, 1100), ago(at, 700), dose_mg=1000, per_day=2,
-                                        rid="mmfold")],
+     lambda at: [C.medst("68149", ago(at, 1100), ago(at, 700), dose_mg=1000, per_day=2,
+                                        name="mmfold")],
      lambda out, at: "clinician review: does current activity reflect failure" in notes(out)
      and day(ev_for(out, "MedicationStatement/mmfold")) == ago(at, 1100).date().isoformat()),
     ("000-I4-treatment-unknown-no-end-date", "unknown", ("hcq", "pred", "mmf", "belim"),
-     lambda at: [F.medication_request(PID, "6851", ago(at, 300), None, dose_mg=15, status="stopped", rid="mtx")],
+     lambda at: [C.medrq("6851", ago(at, 300), None, dose_mg=15, status="stopped", name="mtx")],
      lambda out, at: "duration cannot be computed" in ev_for(out, "MedicationRequest/mtx")["note"]),
 ]
 
@@ -310,4 +310,4 @@ def test_000_i4_not_met_beats_unknown(rules_engine, eval_at):
     """One part not met decides even when another is unknown; the card shows the deciding part."""
     out = run(rules_engine, I4, base(eval_at, "selena", "pga") + [score("pga", 0, ago(eval_at, 7), "pga0")], eval_at)
     assert out["status"] == "not-met"
-    assert [e["note"] for e in out["evidence"]] == ["PGA: not-met; compared >= 1 {score}"]
+    assert [e["note"] for e in out["evidence"]] == ["PGA: not-met; compared >= 1 {score}; latest result within 90 days"]

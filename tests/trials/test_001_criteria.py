@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from cds.synthetic import fhir as F
 # The child who fits the trial lives in the package (the synthetic patient generator uses it).
 from cds.synthetic.trial_records import ago as _ago
 from cds.synthetic.trial_records import born as _born
@@ -22,7 +21,7 @@ from cds.synthetic.trial_records import fits_001 as fits
 from cds.synthetic.trial_records import negative_result as _neg
 from cds.trialmeta import load_trial
 from tests.conftest import EVAL_AT
-from tests.trials.kit import evaluate_trial, missing_codes
+from tests.trials.kit import Chart, evaluate_trial, missing_codes, replacing, without
 
 TRIAL = "zju-children-cd19-cart-sle"
 Resource = dict[str, Any]
@@ -36,27 +35,18 @@ Resource = dict[str, Any]
 PID = "p001"
 
 
+# The kit's builders bound to this module's patient (times are the dates the variants compute).
+C = Chart(PID, EVAL_AT)
+_obs, _pos, _cond = C.obs, C.pos, C.cond
+
+
 def _without(res: list[Resource], *suffixes: str) -> list[Resource]:
-    ids = {f"{PID}-{s}" for s in suffixes}
-    return [r for r in res if r["id"] not in ids]
+    return without(res, *(f"{PID}-{s}" for s in suffixes))
 
 
 def _with(res: list[Resource], *new: Resource, drop: Iterable[str] = ()) -> list[Resource]:
     """`res` without the resources in `drop` and without any resource `new` replaces (same id)."""
-    replaced = {r["id"] for r in new}
-    return [r for r in _without(res, *drop) if r["id"] not in replaced] + list(new)
-
-
-def _obs(code: str, when: datetime, rid: str, system: str = "LOINC", **kw: Any) -> Resource:
-    return F.observation(PID, system, code, when, rid=f"{PID}-{rid}", **kw)
-
-
-def _pos(code: str, when: datetime, rid: str) -> Resource:
-    return _obs(code, when, rid, value_code=("SNOMEDCT", "10828004"), interpretation="POS")
-
-
-def _cond(system: str, code: str, onset: datetime, rid: str, **kw: Any) -> Resource:
-    return F.condition(PID, system, code, onset, rid=f"{PID}-{rid}", **kw)
+    return replacing(_without(res, *drop), *new)
 
 
 def _v_fits(at: datetime) -> list[Resource]:
@@ -65,7 +55,7 @@ def _v_fits(at: datetime) -> list[Resource]:
 
 def _v_bare(at: datetime) -> list[Resource]:
     """A 14-year-old girl with nothing else on record."""
-    return [F.patient(PID, _born(at, 14.5), "female")]
+    return [C.patient(_born(at, 14.5), "female")]
 
 
 def _v_stale(at: datetime) -> list[Resource]:
@@ -91,22 +81,22 @@ def _v_stale(at: datetime) -> list[Resource]:
 
 def _v_male_18(at: datetime) -> list[Resource]:
     """A boy aged 18 years 6 months (upper age threshold included), no pregnancy test."""
-    return _with(fits(PID, at), F.patient(PID, _born(at, 18.5), "male"), drop=["hcg"])
+    return _with(fits(PID, at), C.patient(_born(at, 18.5), "male"), drop=["hcg"])
 
 
 def _v_girl_8(at: datetime) -> list[Resource]:
     """An 8-year-old girl, no pregnancy test (not of childbearing age)."""
-    return _with(fits(PID, at), F.patient(PID, _born(at, 8.3), "female"), drop=["hcg"])
+    return _with(fits(PID, at), C.patient(_born(at, 8.3), "female"), drop=["hcg"])
 
 
 def _v_woman_19_pregnant(at: datetime) -> list[Resource]:
     """A 19-year-old woman with a positive serum hCG."""
-    return _with(fits(PID, at), F.patient(PID, _born(at, 19.2), "female"), _pos("2118-8", _ago(at, 5), "hcg"))
+    return _with(fits(PID, at), C.patient(_born(at, 19.2), "female"), _pos("2118-8", _ago(at, 5), "hcg"))
 
 
 def _v_no_birthdate_urine_hcg(at: datetime) -> list[Resource]:
     """Birth date not recorded; a positive urine hCG and no serum hCG."""
-    return _with(fits(PID, at), F.patient(PID, None, "female"), _pos("2106-3", _ago(at, 5), "hcg-urine"), drop=["hcg"])
+    return _with(fits(PID, at), C.patient(None, "female"), _pos("2106-3", _ago(at, 5), "hcg-urine"), drop=["hcg"])
 
 
 def _v_drug_induced_lupus(at: datetime) -> list[Resource]:
@@ -129,8 +119,8 @@ def _v_weak_drugs(at: datetime) -> list[Resource]:
     """Prednisone 20 mg/d (0.53 mg/kg/d), no hydroxychloroquine, MMF only."""
     course = _ago(at, 600)
     return _with(fits(PID, at),
-                 F.medication_request(PID, "8640", course, course + timedelta(days=105), dose_mg=20, status="completed",
-                                      rid=f"{PID}-pred-high"),
+                 C.medrq("8640", course, course + timedelta(days=105), dose_mg=20, status="completed",
+                                      name="pred-high"),
                  drop=["hcq", "belimumab"])
 
 
@@ -138,27 +128,27 @@ def _v_open_course_mpa(at: datetime) -> list[Resource]:
     """High-dose prednisone order completed but with no end date; MMF then mycophenolic acid."""
     course = _ago(at, 600)
     return _with(fits(PID, at),
-                 F.medication_request(PID, "8640", course, None, dose_mg=40, status="completed", rid=f"{PID}-pred-high"),
-                 F.medication_statement(PID, "7145", _ago(at, 199), _ago(at, 1), dose_mg=720, per_day=2,
-                                        rid=f"{PID}-mpa"),
+                 C.medrq("8640", course, None, dose_mg=40, status="completed", name="pred-high"),
+                 C.medst("7145", _ago(at, 199), _ago(at, 1), dose_mg=720, per_day=2,
+                                        name="mpa"),
                  drop=["belimumab"])
 
 
 def _v_rituximab_cyclophosphamide(at: datetime) -> list[Resource]:
     """Cyclophosphamide monthly pulses (4, one record each) and rituximab 4 months ago."""
-    pulses = [F.medication_statement(PID, "3002", _ago(at, d), None, dose_mg=500, rid=f"{PID}-cyc-{d}")
+    pulses = [C.medst("3002", _ago(at, d), None, dose_mg=500, name=f"cyc-{d}")
               for d in (230, 200, 170, 140)]
-    rtx = F.medication_request(PID, "121191", _ago(at, 120), _ago(at, 106), status="completed",
-                               rid=f"{PID}-rtx")
+    rtx = C.medrq("121191", _ago(at, 120), _ago(at, 106), status="completed",
+                               name="rtx")
     return _with(fits(PID, at), *pulses, rtx, drop=["mmf", "belimumab"])
 
 
 def _v_refills_recent_rtx_no_weight(at: datetime) -> list[Resource]:
     """MMF as three 45-day refills (5-day gaps), rituximab 30 days ago; no weight or height."""
-    mmf = [F.medication_request(PID, "68149", _ago(at, s), _ago(at, s - 45), dose_mg=750, per_day=2,
-                                status="completed", rid=f"{PID}-mmf-{s}") for s in (400, 350, 300)]
-    rtx = F.medication_request(PID, "121191", _ago(at, 30), _ago(at, 16), status="completed",
-                               rid=f"{PID}-rtx")
+    mmf = [C.medrq("68149", _ago(at, s), _ago(at, s - 45), dose_mg=750, per_day=2,
+                                status="completed", name=f"mmf-{s}") for s in (400, 350, 300)]
+    rtx = C.medrq("121191", _ago(at, 30), _ago(at, 16), status="completed",
+                               name="rtx")
     return _with(fits(PID, at), *mmf, rtx, drop=["mmf", "belimumab", "weight", "weight-course", "height"])
 
 
@@ -167,15 +157,15 @@ def _v_exclusions_1(at: datetime) -> list[Resource]:
     sepsis, HSCT, active hepatitis B, MMR 2 weeks ago, leukaemia (ICD-10-CM)."""
     return _with(fits(PID, at),
                  _obs("10230-1", _ago(at, 20), "lvef", value=48, unit="%", category="imaging"),
-                 F.procedure(PID, "Local", "car-t-cd19", _ago(at, 700), rid=f"{PID}-cart"),
+                 C.proc("Local", "car-t-cd19", _ago(at, 700), "cart"),
                  _cond("SNOMEDCT", "1144942002", _ago(at, 30), "nplupus"),
-                 F.procedure(PID, "SNOMEDCT", "302497006", _ago(at, 30), rid=f"{PID}-hd"),
+                 C.proc("SNOMEDCT", "302497006", _ago(at, 30), "hd"),
                  _cond("ICD10CM", "Q24.9", _ago(at, 14 * 365), "chd", clinical_status="resolved"),
                  _cond("SNOMEDCT", "91302008", _ago(at, 3), "sepsis"),
-                 F.procedure(PID, "SNOMEDCT", "234336002", _ago(at, 1500), rid=f"{PID}-hsct"),
+                 C.proc("SNOMEDCT", "234336002", _ago(at, 1500), "hsct"),
                  _pos("5196-1", _ago(at, 30), "hbsag"),
                  _obs("42595-9", _ago(at, 30), "hbvdna", value=230000, unit="[IU]/mL", ref_high=20, interpretation="H"),
-                 F.immunization(PID, "03", _ago(at, 14), rid=f"{PID}-mmr"),
+                 C.vaccine("03", _ago(at, 14), "mmr"),
                  _cond("ICD10CM", "C91.00", _ago(at, 2000), "all", clinical_status="remission"))
 
 
@@ -186,7 +176,7 @@ def _v_exclusions_2(at: datetime) -> list[Resource]:
     372087000 without a display."""
     return _with(fits(PID, at),
                  _obs("2160-0", _ago(at, 10), "creat", value=2.8, unit="mg/dL", ref_high=0.9),
-                 F.medication_request(PID, "1986438", _ago(at, 800), None, status="completed", rid=f"{PID}-tisa"),
+                 C.medrq("1986438", _ago(at, 800), None, status="completed", name="tisa"),
                  _cond("SNOMEDCT", "95644001", _ago(at, 365), "nplupus"),
                  _cond("SNOMEDCT", "68815009", _ago(at, 500), "ln"),
                  _cond("SNOMEDCT", "57054005", _ago(at, 60), "ami"),
@@ -195,7 +185,7 @@ def _v_exclusions_2(at: datetime) -> list[Resource]:
                  _pos("13955-0", _ago(at, 30), "hcvab"),
                  _obs("11011-4", _ago(at, 30), "hcvrna", value=1200000, unit="[IU]/mL", ref_high=15),
                  _cond("SNOMEDCT", "86406008", _ago(at, 700), "hivdx"),
-                 F.immunization(PID, "188", _ago(at, 10), rid=f"{PID}-zoster"),
+                 C.vaccine("188", _ago(at, 10), "zoster"),
                  _cond("SNOMEDCT", "372087000", _ago(at, 2500), "cancer", clinical_status="resolved"))
 
 
@@ -205,12 +195,12 @@ def _v_exclusions_3(at: datetime) -> list[Resource]:
     return _with(fits(PID, at),
                  _obs("1742-6", _ago(at, 10), "alt", value=150, unit="U/L", ref_high=35),
                  _cond("SNOMEDCT", "95644001", _ago(at, 730), "nplupus", clinical_status="resolved"),
-                 F.procedure(PID, "SNOMEDCT", "302497006", _ago(at, 183), rid=f"{PID}-hd"),
+                 C.proc("SNOMEDCT", "302497006", _ago(at, 183), "hd"),
                  _cond("SNOMEDCT", "25569003", _ago(at, 20), "vt"),
                  _cond("SNOMEDCT", "91302008", _ago(at, 90), "sepsis", clinical_status="resolved"),
                  _cond("SNOMEDCT", "234646005", _ago(at, 40), "gvhd"),
                  _pos("56888-1", _ago(at, 30), "hiv"),
-                 F.immunization(PID, "03", _ago(at, 42), rid=f"{PID}-mmr"),
+                 C.vaccine("03", _ago(at, 42), "mmr"),
                  _obs("19080-1", _ago(at, 5), "hcg", value=1250, unit="m[IU]/mL", ref_high=5, interpretation="H"))
 
 
@@ -398,14 +388,14 @@ def _cases(at: datetime) -> list[Any]:
           id="001-I3-stale"),
         # ---- I4 organ function (each named part deciding)
         P("fits", I4, "met", dict(ev={"reference": f"Observation/{PID}-lvef", "value": "64", "unit": "%", "date": d(40)},
-                                  note="clinician review: ECG"), id="001-I4-met"),
+                                  note="LVEF: met"), id="001-I4-met"),
         P("exclusions-1", I4, "not-met", dict(ev={"value": "48", "unit": "%", "date": d(20), "note": "LVEF: not-met"}),
           id="001-I4-not-met-lvef"),
         P("exclusions-2", I4, "not-met", dict(ev={"reference": f"Observation/{PID}-creat", "value": "23.3",
                                                   "unit": "mL/min/{1.73_m2}", "note": "eGFR: not-met; derived: bedside Schwartz"}),
           id="001-I4-not-met-egfr"),
         P("exclusions-3", I4, "not-met", dict(ev={"value": "150", "unit": "U/L", "date": d(10),
-                                                  "note": "ALT: not-met; 4.29 x ULN (ULN 35 U/L)"}), id="001-I4-not-met-alt"),
+                                                  "note": "ALT: not-met; 4.29 x ULN (35 U/L)"}), id="001-I4-not-met-alt"),
         P("exclusions-6", I4, "not-met", dict(ev={"value": "130", "unit": "U/L", "note": "AST: not-met; 3.25 x ULN"}),
           id="001-I4-not-met-ast"),
         P("exclusions-4", I4, "not-met", dict(ev={"value": "50", "unit": "umol/L", "note": "bilirubin: not-met; 2.38 x ULN"}),
@@ -423,7 +413,7 @@ def _cases(at: datetime) -> list[Any]:
         P("bare", I5, "unknown", dict(note="clinician review"), id="001-I5-review-no-data"),
         # ---- I6 negative pregnancy test (+ contraception review note)
         P("fits", I6, "met", dict(ev={"reference": f"Observation/{PID}-hcg", "value": "Negative", "date": d(7)},
-                                  note="clinician review: agrees to effective contraception"), id="001-I6-met"),
+                                  note="pregnancy test: met"), id="001-I6-met"),
         P("male-18", I6, "met", dict(note="not applicable: male"), id="001-I6-met-male"),
         P("girl-8", I6, "met", dict(note="not applicable: female aged 8"), id="001-I6-met-girl-under-10"),
         P("woman-19-pregnant", I6, "not-met", dict(ev={"value": "Positive", "date": d(5)}), id="001-I6-not-met"),
@@ -454,7 +444,7 @@ def _cases(at: datetime) -> list[Any]:
           id="001-E3-unknown-lupus-nephritis"),
         P("exclusions-3", E3, "not-met", dict(note="no record found: renal replacement therapy within 3 months"),
           id="001-E3-not-met-old-dialysis"),
-        P("bare", E3, "not-met", dict(note="clinician review: investigator opinion"), id="001-E3-missing"),
+        P("bare", E3, "not-met", dict(note="no record found: active lupus nephritis"), id="001-E3-missing"),
         # ---- E4 cardiac
         P("exclusions-1", E4, "met", dict(ev={"reference": f"Condition/{PID}-chd", "note": "congenital heart disease: met"}),
           id="001-E4-met-chd-history"),
@@ -466,7 +456,7 @@ def _cases(at: datetime) -> list[Any]:
         P("exclusions-5", E4, "unknown", dict(ev={"reference": f"Condition/{PID}-myocarditis"}), id="001-E4-unknown-myocarditis"),
         P("exclusions-6", E4, "not-met", dict(note="no record found: acute myocardial infarction within 6 months"),
           id="001-E4-not-met-old-mi"),
-        P("fits", E4, "not-met", dict(note="clinician review: unstable vital signs"), id="001-E4-not-met"),
+        P("fits", E4, "not-met", dict(note="no record found: congenital heart disease"), id="001-E4-not-met"),
         P("bare", E4, "not-met", dict(note="no record found: congenital heart disease"), id="001-E4-missing"),
         # ---- E5 review
         P("fits", E5, "unknown", dict(note="clinician review", no_missing=True), id="001-E5-review"),
@@ -475,9 +465,11 @@ def _cases(at: datetime) -> list[Any]:
         P("exclusions-1", E6, "met", dict(ev={"reference": f"Condition/{PID}-sepsis", "date": d(3)}), id="001-E6-met"),
         P("exclusions-4", E6, "met", dict(ev={"reference": f"Condition/{PID}-sepsis", "date": d(5)}),
           id="001-E6-met-resolved-within-week"),
-        P("exclusions-2", E6, "unknown", dict(ev={"reference": f"Condition/{PID}-infection", "note": "clinician review"}),
+        P("exclusions-2", E6, "unknown", dict(ev={"reference": f"Condition/{PID}-infection", "note": "infection, current or within 1 week"},
+                                                note="clinician review: does it need systemic treatment"),
           id="001-E6-unknown-bacterial"),
-        P("exclusions-3", E6, "not-met", dict(note="no record found: sepsis or tuberculosis"), id="001-E6-not-met-resolved"),
+        P("exclusions-3", E6, "not-met", dict(note="no record found: infection or systemic anti-infective within 1 week"),
+          id="001-E6-not-met-resolved"),
         P("bare", E6, "not-met", dict(note="no record found"), id="001-E6-missing"),
         # ---- E7 transplant / GVHD
         P("exclusions-1", E7, "met", dict(ev={"reference": f"Procedure/{PID}-hsct", "date": d(1500)}), id="001-E7-met-hsct"),
@@ -520,7 +512,7 @@ def _cases(at: datetime) -> list[Any]:
           id="001-E9-met"),
         P("exclusions-3", E9, "not-met", dict(note="no record found: live vaccine within 4 weeks"), id="001-E9-not-met-6-weeks"),
         P("exclusions-2", E9, "unknown", dict(ev={"reference": f"Immunization/{PID}-zoster", "date": d(10)},
-                                                note="was it a live vaccine"),
+                                                note="clinician review (was it live?)"),
           id="001-E9-unknown-unspecified-formulation"),
         P("bare", E9, "not-met", dict(note="no record found"), id="001-E9-missing"),
         # ---- E10 positive blood pregnancy test

@@ -20,13 +20,11 @@ from cds.synthetic import fhir as F
 # The patient who fits the trial lives in the package (the synthetic patient generator uses it).
 from cds.synthetic.trial_records import fits_004 as fits
 from cds.synthetic.trial_records import man_004 as _man
-from cds.synthetic.trial_records import negative_days_ago as _neg
-from cds.synthetic.trial_records import obs_days_ago as _obs
-from cds.synthetic.trial_records import positive_days_ago as _pos
 from cds.synthetic.trial_records import woman_004 as _woman
 from cds.trialmeta import load_trial
 
-from .kit import evaluate_trial, missing_codes
+from . import kit
+from .kit import Part, When, evaluate_trial, missing_codes, raw, record
 
 TRIAL = "nct06350110"
 PID = "p004"
@@ -99,51 +97,41 @@ def case(cid: str, define: str, build: Builder, status: str, *checks: Check) -> 
     return pytest.param(define, build, status, checks, id=cid)
 
 
-def w(*extra: Callable[[str, datetime], Resource]) -> Builder:
+WOMAN = raw(lambda pid, at: _woman(pid))
+MAN = raw(lambda pid, at: _man(pid))
+
+
+def w(*extra: Part) -> Builder:
     """A woman (36) plus the given resources."""
-    return lambda pid, at: [_woman(pid)] + [f(pid, at) for f in extra]
+    return lambda pid, at: record(pid, at, WOMAN, *extra)
 
 
-def m(*extra: Callable[[str, datetime], Resource]) -> Builder:
+def m(*extra: Part) -> Builder:
     """A man (42) plus the given resources."""
-    return lambda pid, at: [_man(pid)] + [f(pid, at) for f in extra]
+    return lambda pid, at: record(pid, at, MAN, *extra)
 
 
-def o(code: str, days: float, system: str = "LOINC", **kw: Any) -> Callable[[str, datetime], Resource]:
-    return lambda pid, at: _obs(pid, at, code, days, system=system, **kw)
+# The kit's builders, in this module's argument order: a diagnosis is SNOMED CT unless said
+# otherwise and dated 2020-01-01 unless said otherwise; serology is 30 days old.
+o = kit.obs
+imm = kit.vaccine
+medrq, medst = kit.medrq, kit.medst
 
 
-def neg(code: str, days: float = 30) -> Callable[[str, datetime], Resource]:
-    return lambda pid, at: _neg(pid, at, code, days)
+def neg(code: str, days: float = 30) -> Part:
+    return kit.neg(code, days)
 
 
-def pos(code: str, days: float = 30) -> Callable[[str, datetime], Resource]:
-    return lambda pid, at: _pos(pid, at, code, days)
+def pos(code: str, days: float = 30) -> Part:
+    return kit.pos(code, days)
 
 
-def cond(code: str, onset: date | float | None = date(2020, 1, 1), system: str = "SNOMEDCT", **kw: Any) -> Callable[[str, datetime], Resource]:
-    def make(pid: str, at: datetime) -> Resource:
-        when = F.days_before(at, onset) if isinstance(onset, (int, float)) else onset
-        return F.condition(pid, system, code, when, **kw)
-    return make
+def cond(code: str, onset: When = date(2020, 1, 1), system: str = "SNOMEDCT", **kw: Any) -> Part:
+    return kit.cond(system, code, onset, **kw)
 
 
-def proc(code: str, days: float, system: str = "SNOMEDCT") -> Callable[[str, datetime], Resource]:
-    return lambda pid, at: F.procedure(pid, system, code, F.days_before(at, days))
-
-
-def medrq(rx: str, start_days: float, end_days: float | None, **kw: Any) -> Callable[[str, datetime], Resource]:
-    return lambda pid, at: F.medication_request(
-        pid, rx, F.days_before(at, start_days), None if end_days is None else F.days_before(at, end_days), **kw)
-
-
-def medst(rx: str, start_days: float, end_days: float | None, **kw: Any) -> Callable[[str, datetime], Resource]:
-    return lambda pid, at: F.medication_statement(
-        pid, rx, F.days_before(at, start_days), None if end_days is None else F.days_before(at, end_days), **kw)
-
-
-def imm(cvx: str, days: float) -> Callable[[str, datetime], Resource]:
-    return lambda pid, at: F.immunization(pid, cvx, F.days_before(at, days))
+def proc(code: str, days: float, system: str = "SNOMEDCT") -> Part:
+    return kit.proc(system, code, days)
 
 
 SLE = cond("55464009", date(2017, 5, 1))
@@ -345,7 +333,7 @@ CASES = [
     case("004-E14-met-record", E14, w(neg("2118-8", 5), cond("77386006", 70)), "met", ev(days=70, note="pregnancy record: met")),
     case("004-E14-met-lactation", E14, w(neg("2118-8", 5), cond("69840006", 120)), "met", ev(note="lactation: met")),
     case("004-E14-not-met", E14, w(neg("2118-8", 5), cond("77386006", 700)), "not-met", ev(value="Negative", days=5),
-         ev(note="plans to have children")),
+         ev(value="no plan to have children within 1 year of treatment (ask the patient; see I12)")),
     case("004-E14-not-met-male", E14, m(), "not-met", ev(note="not applicable: male")),
     case("004-E14-missing", E14, w(), "unknown", miss("2118-8")),
     case("004-E14-missing-stale", E14, w(neg("2118-8", 60)), "unknown", miss("2118-8"), ev(days=60, note="stale")),

@@ -1,0 +1,1 @@
+"""The HTTP layer: errors, request bodies, dependencies (state, authentication), ops routes."""
