@@ -215,10 +215,9 @@ def render(summary: Mapping[str, Any]) -> str:
     codes = summary.get("codesNoRuleReads") or {}
     if codes.get("resources"):
         out.append("<h3>Codes no rule reads</h3><p>Resources coded only in code systems the catalogue's rules do not "
-                   "name (or not coded at all): no criterion can classify them. <b>"
-                   f"{_n(codes['patientsOutsidePopulation'])}</b> patients outside the catalogue's population have at "
-                   "least one: their diagnosis may be recorded in a coding the rules cannot read (for example WHO "
-                   "ICD-10 where the rules list ICD-10-CM); review them or extend the value sets.</p>")
+                   "name (or not coded at all): no criterion can use them, so they count as missing data. <b>"
+                   f"{_n(codes['patientsOutsidePopulation'])}</b> patients outside the catalogue's population hold at "
+                   "least one. Map such codes to a standard system or extend the value sets.</p>")
         out.append("<table><tr><th>resource type and code systems</th><th>resources</th></tr>" + "".join(
             f'<tr><td><code>{escape(k)}</code></td><td class="n">{_n(v)}</td></tr>'
             for k, v in list(codes["resources"].items())[:12]) + "</table>")

@@ -17,7 +17,8 @@ and medications. Among the SLE patients: every trial's fitting patient
 missing serology, stale labs, sparse records, and the coding of real EHRs: SNOMED CT and
 ICD-10-CM side by side, SNOMED-only, ICD-10-CM-only, WHO ICD-10-only, SI units (creatinine in
 umol/L, bilirubin in umol/L), results reported against a limit (`<20 IU/mL`), children,
-absolute and versioned patient references. Lab values vary within +/-12 %. About 2 % of the
+absolute and versioned patient references, a few point-of-care results coded only in a local lab
+catalogue. Lab values vary within +/-12 %. About 2 % of the
 patients have died (Patient.deceasedDateTime), as in any EHR's export.
 
 Deterministic: every patient comes from its own generator seeded by (seed, index), so the
@@ -78,6 +79,7 @@ COMMON_DIAGNOSES: list[tuple[str, str, str, str, str, float]] = [
 MEDICATION_FOR = {"hypertension": "29046", "type-2-diabetes": "6809", "rheumatoid-arthritis": "6851",
                   "hypothyroidism": "10582", "asthma": "435", "discoid-lupus": "5521"}
 ICD10_WHO = "http://hl7.org/fhir/sid/icd-10"
+LOCAL_LAB = "https://lab.example.org/codes"  # a site's own lab catalogue (no LOINC mapping)
 
 # SLE profiles and their weights among SLE patients (most people with SLE are not refractory
 # and active at any one time: low activity and sparse records are the commonest).
@@ -259,6 +261,11 @@ def _other_patient(pid: str, at: datetime, rng: random.Random) -> list[Resource]
             P._lab(pid, "plt", "777-3", labs, round(rng.uniform(150, 400)), "10*9/L", high=450),
             P._lab(pid, "alt", "1742-6", labs, round(rng.uniform(10, 45)), "U/L", high=40),
         ]
+    if rng.random() < 0.03:  # a point-of-care test in a local lab catalogue, no LOINC mapped
+        res = F.observation(pid, LOCAL_LAB, "POC-GLU", ago(at, rng.uniform(3, 400)), value=round(rng.uniform(4, 9), 1),
+                            unit="mmol/L", rid=f"{pid}-poc-glucose")
+        res["code"]["coding"][0]["display"] = "Glucose, point of care"
+        out.append(res)
     if rng.random() < 0.5:
         vitals = ago(at, rng.uniform(3, 400))
         weight = rng.uniform(12, 60) if child else rng.uniform(50, 110)

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 import cds
+import cds.catalogue
+import cds.paths
 from cds.catalogue import Catalogue
 from cds.screen import ScreenError, ScreenResult, run_screen
 from tests.conftest import EVAL_AT
@@ -127,16 +129,23 @@ def test_unusable_lines_are_counted_and_reported_not_guessed(screened: ScreenRes
     assert "Observaton" in report and "without a usable patient reference" in report
 
 
-def test_patients_coded_in_systems_no_rule_reads_are_surfaced(screened: ScreenResult, generated: Population) -> None:
-    """SLE coded only in WHO ICD-10 is outside what the rules read today: the gate leaves such a patient
-    out, and the report says how many patients outside the population hold codes no rule reads."""
-    profiles = generated.manifest["extension"]["https://trial-cds.dev/synthetic-population"]["profiles"]
-    who_only = profiles.get("sle-coding:who-icd10-only", 0)
-    assert who_only > 0
+def test_codes_no_rule_reads_are_counted_and_other_icd10_codings_screen_in(spark: Any, screened: ScreenResult,
+                                                                            generated: Population) -> None:
+    """Results coded only in a local lab catalogue are counted by type and system (and the patients
+    outside the population holding one); SLE coded in WHO ICD-10 or ICD-10-CM only is in the population."""
+    from cds.screen.bulk import code_systems
+    from cds.synthetic.population import LOCAL_LAB
+
     codes = screened.summary["codesNoRuleReads"]
-    assert codes["patientsOutsidePopulation"] >= who_only
-    assert codes["resources"]["Condition http://hl7.org/fhir/sid/icd-10"] >= who_only
+    local = sum(1 for r in read_ndjson(generated.path) if r.get("resourceType") == "Observation"
+                and r["code"]["coding"][0]["system"] == LOCAL_LAB)
+    assert local > 0 and codes["resources"][f"Observation {LOCAL_LAB}"] == local
+    assert 0 < codes["patientsOutsidePopulation"] <= local
+    known = code_systems(cds.catalogue.Catalogue.from_directory(cds.paths.BUNDLES_DIR).libraries)
+    assert all(not set(k.split(" ", 1)[1].split(",")) & known for k in codes["resources"])
     assert "Codes no rule reads" in (screened.out / "report.html").read_text(encoding="utf-8")
+    profiles = generated.manifest["extension"]["https://trial-cds.dev/synthetic-population"]["profiles"]
+    assert profiles.get("sle-coding:who-icd10-only", 0) > 0 and profiles.get("sle-coding:icd10cm-only", 0) > 0
 
 
 def test_a_rerun_writes_identical_output(spark: Any, screened: ScreenResult, generated: Population,
