@@ -256,6 +256,73 @@ def publish(
         raise typer.Exit(1)
 
 
+@app.command()
+def screen(
+    source: Annotated[str, typer.Argument(help="Bulk FHIR export: a folder of .ndjson files (one resource type per "
+                                               "file), a file, a glob, or any path Spark reads (hdfs:, s3a:, ...)")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory (results.parquet, worklist.csv, report.html, ...)")],
+    at: Annotated[str | None, typer.Option(help="Evaluation date-time (ISO 8601); default now")] = None,
+    trial: Annotated[list[str] | None, typer.Option("--trial", help="Screen for this trial only (ResearchStudy id; "
+                                                                     "repeat for several); default every trial")] = None,
+    master: Annotated[str | None, typer.Option(envvar="SPARK_MASTER", show_envvar=True,
+                                               help="Spark master URL; default local[*] (this machine's cores)")] = None,
+    catalogue: Annotated[Path, typer.Option(help="Directory of trial bundles")] = BUNDLES_DIR,
+    partitions: Annotated[int | None, typer.Option(min=1, help="Patient partitions (default: from the input size)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress display")] = False,
+) -> None:
+    """Screen every patient of a Bulk FHIR export against every trial (Apache Spark); write the results."""
+    from .catalogue import Catalogue
+
+    try:
+        from .screen import ScreenError, run_screen, spark_session
+        from .screen.progress import ProgressView
+    except ImportError as exc:
+        err.print(f"trial-cds screen needs PySpark: pip install -e '.[screen]' ({exc})")
+        raise typer.Exit(2) from None
+    when = _parse_at(at)
+    cat = Catalogue.from_directory(catalogue)
+    for problem in cat.problems:
+        err.print(f"[yellow]catalogue: {problem}[/yellow]", markup=True)
+    if not cat.trials:
+        err.print(f"no trials found in {catalogue} (run `trial-cds build`)")
+        raise typer.Exit(1)
+    try:
+        from .screen.job import choose_trials
+
+        chosen = choose_trials(cat, trial)
+    except ScreenError as exc:
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    view = None if quiet else ProgressView(err, {t.id: t.title for t in cat.trials if t.id in chosen})
+    spark = spark_session(master)
+    try:
+        result = run_screen(spark, source, out, cat, when, trials=chosen, partitions=partitions,
+                            progress=view.update if view else None)
+    except ScreenError as exc:
+        from .screen import ScreenFailed
+
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(1 if isinstance(exc, ScreenFailed) else 2) from None
+    finally:
+        if view:
+            view.close()
+        spark.stop()
+    s = result.summary
+    err.print(f"{s['patients']['screened']:,} patients screened ({s['patients']['inPopulation']:,} in the catalogue's "
+              f"population, {s['patients']['notScreened']:,} not screened) in {result.run['seconds']['total']:.1f} s",
+              markup=False, highlight=False)
+    for t in s["trials"]:
+        v = s["verdicts"][t["id"]]
+        err.print(f"  {t['id']}: {v['likely-eligible']:,} likely, {v['possibly-eligible']:,} possibly eligible",
+                  markup=False, highlight=False)
+    problems = sum(sum(d.values()) for d in s["lineProblems"].values())
+    if problems:
+        err.print(f"  {problems:,} line(s) could not be attributed to a patient (see the report)", markup=False,
+                  highlight=False)
+    err.print(f"written to {out}: results.parquet, worklist.csv, not-screened.csv, summary.json, report.html",
+              markup=False, highlight=False)
+
+
 @app.command("feedback")
 def feedback_summary(
     db: Annotated[Path | None, typer.Option(help="Feedback/audit SQLite file (default TRIAL_CDS_DB)")] = None,
