@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.browser.conftest import PATIENTS, stack  # noqa: E402
+import contextlib
+
+from tests.browser.conftest import PATIENTS, stack
 
 
 def main() -> int:
@@ -54,10 +56,8 @@ def main() -> int:
             rows.append({"patient": name, "click_to_checklist_ms": launches, "app_first_checklist_ms": app_ms, "marks": marks,
                          "cards": len([c for c in state["cards"] if c.get("extension")])})
     finally:
-        try:
+        with contextlib.suppress(StopIteration):
             next(gen)
-        except StopIteration:
-            pass
     print(f"clinician view, time to first checklist after launch ({args.rounds} rounds; first is cold)")
     head = f"{'patient':36} {'cards':>5} {'click->checklist ms':>22} {'app nav->checklist ms':>22}"
     print(head)

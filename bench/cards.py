@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from cds.ruleset import build_ruleset as build_rules
 from cds.cards import build_cards
 from cds.eligibility import evaluate_trials
 from cds.paths import PATIENTS_DIR
 from cds.record import assemble_record
+from cds.ruleset import build_ruleset as build_rules
 from cds.settings import Settings
 
 EVAL_AT = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)

@@ -42,7 +42,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +50,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from cds.engine import Engine, EngineError, elm  # noqa: E402
-from cds.engine.engine import execution_time, load_elm_dir  # noqa: E402
-from cds.engine.pool import ENGINE_DIR  # noqa: E402
-from cds.engine.translator import Translator  # noqa: E402
-from cds.engine.trim import trim_bundle  # noqa: E402
-from cds.paths import ELM_DIR, PATIENTS_DIR, RULES_DIR  # noqa: E402
+from cds.engine import Engine, EngineError, elm
+from cds.engine.engine import execution_time, load_elm_dir
+from cds.engine.pool import ENGINE_DIR
+from cds.engine.translator import Translator
+from cds.engine.trim import trim_bundle
+from cds.paths import ELM_DIR, PATIENTS_DIR, RULES_DIR
 
 SHARED_LIBRARIES = {"FHIRHelpers", "SLECommon", "SLEScreen"}  # not trials: included or screening
 TARGET_P95_MS = 10.0
@@ -346,7 +346,7 @@ def load_catalogue(args: argparse.Namespace) -> Catalogue:
             doc = json.loads(path.read_text(encoding="utf-8"))
             if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
                 patients.append(doc)
-        at = args.at or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        at = args.at or datetime.now(UTC).isoformat(timespec="seconds")
         if patients:
             note = f"{len(patients)} bundles from {PATIENTS_DIR.relative_to(ROOT)}"
         else:

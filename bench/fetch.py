@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from cds.app import SERVICE_ID, create_app  # noqa: E402
-from cds.paths import BUNDLES_DIR  # noqa: E402
-from cds.publish import Publisher, Source, bundle_resources, load_sources  # noqa: E402
-from cds.settings import Settings  # noqa: E402
-from cds.synthetic.ehr import prefetch_for  # noqa: E402
-from cds.synthetic.patients import random_patient  # noqa: E402
-from tests.fhirserver import FhirTestServer  # noqa: E402
-from tests.service.conftest import LiveServer  # noqa: E402
+from cds.app import SERVICE_ID, create_app
+from cds.paths import BUNDLES_DIR
+from cds.publish import Publisher, Source, bundle_resources, load_sources
+from cds.settings import Settings
+from cds.synthetic.ehr import prefetch_for
+from cds.synthetic.patients import random_patient
+from tests.fhirserver import FhirTestServer
+from tests.service.conftest import LiveServer
 
 HOOK = f"/cds-services/{SERVICE_ID}"
 TIMING = re.compile(r"([a-z]+);dur=([0-9.]+)")
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     token = "bench-" + uuid.uuid4().hex
-    at = datetime.now(timezone.utc).replace(microsecond=0)
+    at = datetime.now(UTC).replace(microsecond=0)
     bundles = [random_patient(i, at, args.seed) for i in range(1, args.patients + 1)]
     ids = [next(e["resource"]["id"] for e in b["entry"] if e["resource"]["resourceType"] == "Patient") for b in bundles]
     patient_sources = [Source(pid, bundle_resources(b, pid)) for pid, b in zip(ids, bundles, strict=True)]

@@ -36,7 +36,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from cds.app import SERVICE_ID, create_app  # noqa: E402
-from cds.hooks.prefetch import PrefetchQuery  # noqa: E402
-from cds.settings import Settings  # noqa: E402
-from cds.synthetic import fhir as F  # noqa: E402
-from cds.synthetic.ehr import prefetch_for  # noqa: E402
-from tests.trials.test_000_criteria import fits  # noqa: E402  (the likely-eligible adult of trial 000)
+from cds.app import SERVICE_ID, create_app
+from cds.hooks.prefetch import PrefetchQuery
+from cds.settings import Settings
+from cds.synthetic import fhir as F
+from cds.synthetic.ehr import prefetch_for
+from tests.trials.test_000_criteria import fits
 
 HOOK = f"/cds-services/{SERVICE_ID}"
 TARGET_P95_MS = 30.0
@@ -233,7 +233,7 @@ async def over_http(args: argparse.Namespace, db: Path, at: datetime) -> dict[st
     env = {**os.environ, "TRIAL_CDS_DB": str(db), "TRIAL_CDS_CQL_TIMEOUT": str(args.cql_timeout)}
     if args.pool_size:
         env["TRIAL_CDS_POOL_SIZE"] = str(args.pool_size)
-    log = open(db.with_suffix(".log"), "wb")
+    log = open(db.with_suffix(".log"), "wb")  # noqa: SIM115 - closed in the finally below, after the server
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the CQL engine the service runs (TRIAL_CDS_ENGINE); both: one after the other")
     args = p.parse_args(argv)
 
-    at = datetime.now(timezone.utc)
+    at = datetime.now(UTC)
     print(f"bench/hook.py: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {args.seconds:g} s per run, "
           f"clients {args.clients}, pool size {args.pool_size or 'default'}")
     ok = True

@@ -34,7 +34,8 @@ def default_engine() -> Engine:
     with _lock:
         if "engine" not in _default:
             _default["engine"] = Engine.from_directory(ELM_DIR).start()
-        return _default["engine"]
+        engine: Engine = _default["engine"]
+        return engine
 
 
 def evaluate(bundle: Mapping[str, Any], libraries: Sequence[str], at: datetime | str) -> EvaluationResult:

@@ -140,7 +140,7 @@ class Catalogue:
 
     @classmethod
     def from_bundle_files(cls, paths: Iterable[Path]) -> Catalogue:
-        resources = []
+        resources: list[dict[str, Any]] = []
         for path in paths:
             doc = json.loads(path.read_text(encoding="utf-8"))
             resources.extend(e["resource"] for e in doc.get("entry") or [] if isinstance(e.get("resource"), dict))
@@ -159,7 +159,8 @@ def _elm_of(lib: Mapping[str, Any]) -> dict[str, Any]:
     for content in lib.get("content") or []:
         if content.get("contentType") == "application/elm+json" and content.get("data"):
             try:
-                return json.loads(base64.b64decode(content["data"]))
+                elm: dict[str, Any] = json.loads(base64.b64decode(content["data"]))
+                return elm
             except (binascii.Error, ValueError) as exc:
                 raise CatalogueError(f"ELM content is not base64 JSON ({exc})") from None
     raise CatalogueError("no application/elm+json content")

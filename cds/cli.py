@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -67,7 +67,7 @@ def _print_value_sets(rules: Path) -> None:
                   + ", ".join(f"{k} {v}" for k, v in sorted(systems.items())), highlight=False)
 
 
-def _read_bundle(path: Path) -> dict:
+def _read_bundle(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -84,13 +84,13 @@ def _read_bundle(path: Path) -> dict:
 
 def _parse_at(at: str | None) -> datetime:
     if at is None:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     try:
         value = datetime.fromisoformat(at.replace("Z", "+00:00"))
     except ValueError:
         err.print(f"--at is not an ISO date-time: {at}")
         raise typer.Exit(2) from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @app.command()
@@ -131,7 +131,8 @@ def evaluate(
 def _settings(**overrides: object) -> Settings:
     from .settings import Settings
 
-    values = {k: v for k, v in overrides.items() if v is not None}
+    # Settings(...) (not model_validate): pydantic-settings reads TRIAL_CDS_* only in __init__.
+    values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     return Settings(**values)
 
 

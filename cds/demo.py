@@ -7,6 +7,7 @@ import socket
 import tempfile
 import threading
 import time
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +113,14 @@ def run_demo(*, port: int = 8080, once: bool = False) -> int:
                       f"{len(service.get('prefetch', {}))} prefetch templates")
         # The demo patients are generated as of now (their labs are days old, whatever the date),
         # and their prefetch answers the templates discovery just advertised, as an EHR would.
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         from .hooks.prefetch import PrefetchQuery
         from .synthetic.patients import generate, hook_request
 
         queries = [PrefetchQuery(key, template.split("/")[0].split("?")[0], template)
                    for key, template in service.get("prefetch", {}).items()]
-        patients = generate(datetime.now(timezone.utc), [name for name, _ in DEMO_PATIENTS])
+        patients = generate(datetime.now(UTC), [name for name, _ in DEMO_PATIENTS])
         out_dir = Path(tempfile.gettempdir()) / "trial-cds-demo"
         out_dir.mkdir(exist_ok=True)
         failed = False

@@ -198,8 +198,10 @@ def _clean(value: Any) -> Any:
 
 
 def same_content(ours: Resource, theirs: Resource) -> bool:
-    strip = lambda r: _clean({k: v for k, v in r.items() if k not in ("meta", "text")})
-    return strip(ours) == strip(theirs)
+    def strip(r: Resource) -> Any:
+        return _clean({k: v for k, v in r.items() if k not in ("meta", "text")})
+
+    return bool(strip(ours) == strip(theirs))
 
 
 def chunks(sources: Iterable[list[Resource]], size: int = MAX_ENTRIES) -> Iterator[list[Resource]]:
@@ -319,7 +321,7 @@ class Publisher:
             entries = doc.get("entry") or []
             if len(entries) != len(part):
                 raise PublishError(f"batch read answered {len(entries)} entries for {len(part)} requests")
-            for key, entry in zip(part, entries):
+            for key, entry in zip(part, entries, strict=True):
                 status = _status((entry.get("response") or {}).get("status"))
                 res = entry.get("resource")
                 if status in (404, 410):
@@ -378,7 +380,7 @@ class Publisher:
         keys = [_key(r) for r in chunk]
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
             {"fullUrl": f"{self.base}/{k}", "resource": r, "request": {"method": "PUT", "url": k}}
-            for k, r in zip(keys, chunk)]}
+            for k, r in zip(keys, chunk, strict=True)]}
         resp = self._post(bundle)
         doc = self._json(resp, f"transaction {n}")
         if resp.status_code >= 400 or doc.get("resourceType") == "OperationOutcome":
@@ -386,7 +388,7 @@ class Publisher:
         if doc.get("resourceType") != "Bundle" or len(doc.get("entry") or []) != len(keys):
             raise PublishError(f"transaction {n}: the server's answer is not a transaction-response for {len(keys)} entries")
         bad = []
-        for key, entry in zip(keys, doc["entry"]):
+        for key, entry in zip(keys, doc["entry"], strict=True):
             status = _status((entry.get("response") or {}).get("status"))
             if status is None or status >= 300:
                 bad += entry_errors((entry.get("response") or {}).get("outcome") or {}, [key]) or [EntryError(key, f"status {status}")]

@@ -195,7 +195,7 @@ class Store:
             cur = self._conn.execute("SELECT hook_instance, at, patient_hash, status, verdicts, latency_ms, data_source, dropped "
                                      "FROM audit ORDER BY id")
             cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, r)) for r in cur.fetchall()]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
     def summary(self) -> list[TrialFeedbackSummary]:
         with self._lock:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from cds.engine import Engine, load_elm_dir
-from cds.engine.translator import Translator, TranslationError
+from cds.engine.translator import TranslationError, Translator
 from cds.paths import ELM_DIR, RULES_DIR
 
 # Every test evaluates "as of" this moment, so look-back windows are reproducible.
-EVAL_AT = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc)
+EVAL_AT = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ import pytest
 
 from cds.engine import Engine
 from cds.engine.translator import Translation, Translator
-from cds.engine.values import CqlDate, CqlDateTime, CqlTime, Code, Concept, Interval, Quantity
+from cds.engine.values import Code, Concept, CqlDate, CqlDateTime, CqlTime, Interval, Quantity
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "rules"

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from cds.bundles import validate
+from cds.fhir.systems import BASE
 from cds.hooks.models import HookRequest
 from cds.hooks.prefetch import prefetch_templates
 from cds.paths import BUNDLES_DIR, PATIENTS_DIR
@@ -70,7 +71,7 @@ def test_every_resource_is_valid_r4(bundles: dict[str, dict[str, Any]], name: st
     for entry in bundle["entry"]:
         validate(entry["resource"])
         res = entry["resource"]
-        assert entry["fullUrl"] == f"{P.FHIR_BASE}/{res['resourceType']}/{res['id']}"
+        assert entry["fullUrl"] == f"{BASE}/{res['resourceType']}/{res['id']}"
         ref = (res.get("subject") or res.get("patient") or {}).get("reference")
         assert res["resourceType"] == "Patient" or ref == f"Patient/{name}"
     patients = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]

@@ -14,7 +14,7 @@ Reference values are computed here, independently of the CQL, from the published
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -237,7 +237,7 @@ def text(value: dict[str, Any] | None) -> str | None:
 def utc(moment: datetime | date) -> str:
     """How the engine prints a UTC date-time built by the fhir builders (second precision)."""
     if isinstance(moment, datetime):
-        return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
+        return moment.astimezone(UTC).isoformat(timespec="seconds")
     return moment.isoformat()
 
 
@@ -508,7 +508,7 @@ def _adult_creatinine(birth: date, gender: str | None, scr: float, unit: str = "
 
 
 _RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
-_JUN, _SEP = datetime(2026, 6, 1, tzinfo=timezone.utc), datetime(2026, 9, 1, tzinfo=timezone.utc)
+_JUN, _SEP = datetime(2026, 6, 1, tzinfo=UTC), datetime(2026, 9, 1, tzinfo=UTC)
 
 
 def _medications() -> list[dict[str, Any]]:

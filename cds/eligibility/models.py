@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ..fhir.coding import Coding
+from ..fhir.coding import Coding as Coding  # re-exported: the criterion shape names it
 
 Verdict = Literal["excluded", "likely-eligible", "possibly-eligible"]
 Status = Literal["met", "not-met", "unknown"]

@@ -31,7 +31,7 @@ _STATUSES = {"met", "not-met", "unknown"}
 
 def _value(raw: Any) -> float | int | str | None:
     """Evidence values arrive as text from CQL; plain numbers become JSON numbers."""
-    if raw is None or isinstance(raw, (int, float)) and not isinstance(raw, bool):
+    if raw is None or (isinstance(raw, (int, float)) and not isinstance(raw, bool)):
         return raw
     text = str(raw)
     if _NUMBER.match(text):

@@ -45,7 +45,8 @@ def library_name(elm: Elm) -> str:
 
 
 def library_version(elm: Elm) -> str | None:
-    return elm["library"]["identifier"].get("version")
+    version = elm["library"]["identifier"].get("version")
+    return None if version is None else str(version)
 
 
 def includes(elm: Elm) -> dict[str, str]:

@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ def execution_time(at: datetime | str) -> str:
             raise ValueError(f"evaluation time is not an ISO date-time: {at!r}") from exc
     if at.tzinfo is None:
         raise ValueError("evaluation time needs a UTC offset (e.g. 2026-11-26T09:00:00Z)")
-    return at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,7 @@ class WorkerPool:
         def boot() -> None:
             try:
                 self._idle.put(self._spawn())
-            except BaseException as exc:  # noqa: BLE001 - collected and re-raised below
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=boot, daemon=True) for _ in range(self.size)]

@@ -129,9 +129,11 @@ def decode(value: Any) -> CqlValue:
     if tag == "Code":
         return Code(value.get("code"), value.get("system"), value.get("version"), value.get("display"))
     if tag == "Concept":
-        return Concept(tuple(decode(c) for c in value.get("codes") or []), value.get("display"))
+        return Concept(tuple(c for c in (decode(x) for x in value.get("codes") or []) if isinstance(c, Code)),
+                       value.get("display"))
     if tag == "Ratio":
-        return Ratio(decode(value.get("numerator")), decode(value.get("denominator")))
+        top, bottom = decode(value.get("numerator")), decode(value.get("denominator"))
+        return Ratio(top if isinstance(top, Quantity) else None, bottom if isinstance(bottom, Quantity) else None)
     if tag == "Interval":
         return Interval(decode(value.get("low")), decode(value.get("high")),
                         bool(value.get("lowClosed")), bool(value.get("highClosed")))

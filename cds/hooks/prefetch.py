@@ -70,8 +70,8 @@ def prefetch_queries(libraries: Mapping[str, Mapping[str, Any]], names: list[str
 
     `value_sets` (canonical URL -> terminology.ValueSetExpansion) resolves retrieves filtered
     by a value set to its codes; without it such a retrieve asks for every resource of its type."""
-    codes = {url: [(c.system, c.code) for c in vs.codes] for url, vs in (value_sets or {}).items()}
-    reqs: dict[str, TypeRequirement] = data_requirements(names, libraries, codes)
+    vs_codes = {url: [(c.system, c.code) for c in vs.codes] for url, vs in (value_sets or {}).items()}
+    reqs: dict[str, TypeRequirement] = data_requirements(names, libraries, vs_codes)
     queries = [PrefetchQuery("patient", "Patient", f"Patient/{PATIENT_TOKEN}")]
     for rtype in sorted(reqs):
         if rtype == "Patient":

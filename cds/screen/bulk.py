@@ -122,7 +122,7 @@ def patient_files(files: Iterable[str]) -> list[str]:
 
 
 def _problem(kind: str | Column, detail: Column | None = None) -> Column:
-    from pyspark.sql import functions as F  # noqa: N812 - PySpark's own convention
+    from pyspark.sql import functions as F
 
     kind_col = F.lit(kind) if isinstance(kind, str) else kind
     if detail is None:
@@ -132,7 +132,7 @@ def _problem(kind: str | Column, detail: Column | None = None) -> Column:
 
 def patient_of(reference: Column) -> Column:
     """The patient id a reference names; '' when it names none (not well formed); null when absent."""
-    from pyspark.sql import functions as F  # noqa: N812 - PySpark's own convention
+    from pyspark.sql import functions as F
 
     pid = F.regexp_extract(reference, PATIENT_REFERENCE, 1)
     return F.when(reference.isNull(), F.lit(None)).when(pid.rlike(DOTS_ONLY), F.lit("")).otherwise(pid)
@@ -141,8 +141,8 @@ def patient_of(reference: Column) -> Column:
 def attribute(lines: DataFrame, read_types: Iterable[str], known_types: Iterable[str] | None = None) -> DataFrame:
     """`lines` (a `value` column of ndjson lines) -> (`key`, `line`): the patient id and the line,
     or a problem key (NUL + kind [+ NUL + detail]) and a null line. Blank lines are dropped."""
-    from pyspark.sql import functions as F  # noqa: N812 - PySpark's own convention
-    from pyspark.sql import types as T  # noqa: N812 - PySpark's own convention
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
 
     reference = T.StructType([T.StructField("reference", T.StringType())])
     schema = T.StructType([
@@ -185,7 +185,7 @@ def attribute(lines: DataFrame, read_types: Iterable[str], known_types: Iterable
 
 def group_by_patient(attributed: DataFrame) -> DataFrame:
     """(`key`, `lines`, `n`): each patient's lines; for a problem key, no lines and the count."""
-    from pyspark.sql import functions as F  # noqa: N812 - PySpark's own convention
+    from pyspark.sql import functions as F
 
     return attributed.groupBy("key").agg(F.collect_list("line").alias("lines"), F.count(F.lit(1)).alias("n"))
 

@@ -73,7 +73,7 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def out_schema() -> Any:
-    from pyspark.sql import types as T  # noqa: N812 - PySpark's own convention
+    from pyspark.sql import types as T
 
     s, b, i, d, lng = T.StringType(), T.BooleanType(), T.IntegerType(), T.DoubleType(), T.LongType()
     coding = T.StructType([T.StructField("system", s), T.StructField("code", s), T.StructField("display", s)])
@@ -263,7 +263,7 @@ def summarise(table: DataFrame, catalogue: Catalogue, chosen: Sequence[str], gat
     Spark job; `toLocalIterator` would be one job per partition."""
     from collections import Counter
 
-    from pyspark.sql import functions as F  # noqa: N812 - PySpark's own convention
+    from pyspark.sql import functions as F
 
     from ..engine.engine import execution_time
 
@@ -361,7 +361,7 @@ def summarise(table: DataFrame, catalogue: Catalogue, chosen: Sequence[str], gat
 
 def patient_stats(table: DataFrame) -> dict[str, Any]:
     """Patients screened, in the population, resources evaluated, engine time (gate, trials)."""
-    from pyspark.sql import functions as F  # noqa: N812 - PySpark's own convention
+    from pyspark.sql import functions as F
 
     r = table.where(F.col("kind") == KIND_PATIENT).agg(
         F.count(F.lit(1)).alias("patients"), F.sum(F.col("in_population").cast("int")).alias("population"),

@@ -41,7 +41,7 @@ def _coding_text(m: Any) -> str:
 
 def write_outputs(spark: SparkSession, table: DataFrame, out: Path, catalogue: Catalogue, chosen: Sequence[str],
                   summary: dict[str, Any], total_rows: int) -> None:
-    from pyspark.sql import functions as F  # noqa: N812 - PySpark's own convention
+    from pyspark.sql import functions as F
 
     from .job import NOT_SCREENED, REPORT, RESULT_COLUMNS, RESULTS, SUMMARY, WORKLIST
     from .report import render

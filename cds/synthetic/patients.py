@@ -23,7 +23,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from ..hooks.prefetch import PrefetchQuery
 from ..paths import BUNDLES_DIR, PATIENTS_DIR
 from . import fhir as F
 from . import trial_records as T
+from .codes import SYSTEMS
 from .ehr import prefetch_for
 from .trial_records import ago, born
 
@@ -40,7 +41,7 @@ Builder = Callable[[str, datetime], list[Resource]]
 Transform = Callable[[str, datetime, list[Resource]], list[Resource]]
 
 HOOK_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://trial-cds.dev/synthetic-patients")
-DEFAULT_AT = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc)
+DEFAULT_AT = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 
 # Trial ids (DESIGN "Trial identifiers") by seed.
 T000 = "tongji-cd19-bcma-cart-sle"
@@ -56,7 +57,7 @@ LIKELY, POSSIBLY, EXCLUDED = "likely-eligible", "possibly-eligible", "excluded"
 
 # Displays (codes.md / SLECommon names) for codes the shared builders write without one: records
 # carry the display an EHR would send.
-_LOINC, _SCT, _RXN, _LOCAL = (F.SYSTEMS[k] for k in ("LOINC", "SCT", "RxNorm", "Local"))
+_LOINC, _SCT, _RXN, _LOCAL = (SYSTEMS[k] for k in ("LOINC", "SCT", "RxNorm", "Local"))
 EXTRA_DISPLAYS = {
     (_LOINC, "4485-9"): "Complement C3 [Mass/volume] in Serum or Plasma",
     (_LOINC, "4498-2"): "Complement C4 [Mass/volume] in Serum or Plasma",
@@ -117,7 +118,7 @@ def ckd_epi_2021(creatinine_mg_dl: float, age: int, female: bool) -> float:
     """CKD-EPI 2021 (race-free), as the lab reports it beside an adult's creatinine."""
     k, a = (0.7, -0.241) if female else (0.9, -0.302)
     ratio = creatinine_mg_dl / k
-    return (142 * min(ratio, 1.0) ** a * max(ratio, 1.0) ** -1.2 * 0.9938 ** age * (1.012 if female else 1.0))
+    return float(142 * min(ratio, 1.0) ** a * max(ratio, 1.0) ** -1.2 * 0.9938 ** age * (1.012 if female else 1.0))
 
 
 def age_at(birth: date, when: datetime | date) -> int:
@@ -181,7 +182,9 @@ def adult_record(pid: str, at: datetime, o: AdultOptions = AdultOptions()) -> li
     before leukapheresis); now on hydroxychloroquine and prednisone 10 mg/d. Normal kidney and
     liver function, mild anaemia and lymphopenia of active lupus, CD19+ B cells present, normal
     echo and lung function, negative viral and syphilis screen, negative serum hCG 5 days ago."""
-    r = lambda name: f"{pid}-{name}"  # noqa: E731
+    def r(name: str) -> str:  # stable, readable ids per patient
+        return f"{pid}-{name}"
+
     birth = born(at, o.age_years)
     onset = ago(at, 7 * 365 + 40)
     nephritis = ago(at, 5 * 365)
@@ -218,6 +221,7 @@ def adult_record(pid: str, at: datetime, o: AdultOptions = AdultOptions()) -> li
     ]
     # Disease activity at screening.
     if high:
+        pga: float
         bilag, sledai, pga = ADULT_BILAG, 12, 2
     else:  # serologically active, clinically quiescent: low complement 2 + anti-dsDNA 2
         bilag = {**{d: "E" for d in ADULT_BILAG}, "mucocutaneous": "D", "musculoskeletal": "D", "renal": "D",
@@ -298,7 +302,9 @@ def no_sle(pid: str, at: datetime) -> list[Resource]:
     """A 52-year-old woman referred for hand arthralgia with a low-titre ANA: SLE ruled out
     (anti-dsDNA negative, normal complement and blood count, no lupus diagnosis on record);
     treated hypertension. Nothing lupus-related on her problem list."""
-    r = lambda name: f"{pid}-{name}"  # noqa: E731
+    def r(name: str) -> str:  # stable, readable ids per patient
+        return f"{pid}-{name}"
+
     birth = born(at, 52.3)
     labs = ago(at, 12)
     return [
@@ -540,7 +546,7 @@ FITS = {T000: "fits-000", T001: "child-likely", T002: "fits-002", T003: "fits-00
 def _utc(at: datetime) -> datetime:
     if at.tzinfo is None:
         raise ValueError("the evaluation time needs a UTC offset (e.g. 2026-11-26T09:00:00Z)")
-    return at.astimezone(timezone.utc)
+    return at.astimezone(UTC)
 
 
 def _add_displays(node: Any) -> None:
@@ -737,7 +743,7 @@ def write(out_dir: Path, at: datetime, *, count: int = 0, seed: int = 0, catalog
 
 def _parse_at(text: str) -> datetime:
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,16 +44,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from . import fhir as F  # noqa: N812 - as in cds.synthetic.patients
-from . import patients as P  # noqa: N812
-from . import trial_records as T  # noqa: N812
+from ..fhir.systems import BASE
+from . import fhir as F
+from . import patients as P
+from . import trial_records as T
 from .trial_records import ago, born
 
 Resource = dict[str, Any]
 Builder = Callable[[str, datetime], list[Resource]]
 
 PART_SIZE = 10_000
-FHIR_BASE = P.FHIR_BASE
+FHIR_BASE = BASE  # the export's server, as in the committed patients
 DEFAULT_SLE_RATE = 0.02
 DECEASED_RATE = 0.02
 

@@ -62,7 +62,9 @@ def fits_000(pid: str, at: datetime) -> list[Resource]:
     screen = at - timedelta(days=14)
     labs = at - timedelta(days=10)
     virology = at - timedelta(days=20)
-    r = lambda name: f"{pid}-{name}"  # noqa: E731 - stable, readable ids per patient
+    def r(name: str) -> str:  # stable, readable ids per patient
+        return f"{pid}-{name}"
+
     return [
         F.patient(pid, date(at.year - 34, 5, 14), "female", name="Fits000"),
         F.condition(pid, "SNOMEDCT", "55464009", date(2019, 3, 1), rid=r("sle")),
@@ -185,7 +187,9 @@ def fits_002(pid: str, at: datetime) -> list[Resource]:
     screen = at - timedelta(days=12)
     labs = at - timedelta(days=10)
     virology = at - timedelta(days=21)
-    r = lambda name: f"{pid}-{name}"  # noqa: E731 - stable, readable ids per patient
+    def r(name: str) -> str:  # stable, readable ids per patient
+        return f"{pid}-{name}"
+
     return [
         F.patient(pid, date(at.year - 31, 2, 9), "female", name="Fits002"),
         F.condition(pid, "SNOMEDCT", "55464009", date(2017, 6, 1), rid=r("sle")),
@@ -276,7 +280,9 @@ def fits_003(pid: str, at: datetime) -> list[Resource]:
     remission, prednisolone throughout plus mycophenolate, tacrolimus and belimumab for over
     3 months each and a rituximab course, preserved organ function, negative viral screen,
     negative serum hCG this week."""
-    d = lambda days: ago(at, days)  # noqa: E731
+    def d(days: float) -> datetime:
+        return ago(at, days)
+
     onset = datetime(2016, 5, 10, 9, 0)
     return [
         F.patient(pid, date(1991, 3, 14), "female", name="Rahman"),
@@ -365,7 +371,9 @@ def fits_004(pid: str, at: datetime) -> list[Resource]:
     of lupus, normal liver and kidney function, normal echo, negative serology and a negative
     serum hCG a week ago; no live vaccine, no malignancy, no CNS disease.
     """
-    d = lambda n: F.days_before(at, n)  # noqa: E731
+    def d(n: float) -> datetime:
+        return F.days_before(at, n)
+
     return [
         woman_004(pid),
         F.condition(pid, "SNOMEDCT", "55464009", date(2017, 5, 1)),

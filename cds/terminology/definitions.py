@@ -347,7 +347,7 @@ def _with_server_expansions(valuesets: dict[str, dict[str, Any]], url: str) -> d
     from .codeservice import select_value_sets
     from .txserver import apply_terminology_server, check_url
 
-    chosen, status, problems = apply_terminology_server(select_value_sets(valuesets.values()), url)
+    chosen, _status, problems = apply_terminology_server(select_value_sets(valuesets.values()), url)
     if problems:
         raise ValueError("; ".join(problems))
     out = {}

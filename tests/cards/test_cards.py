@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from cds.ruleset import build_ruleset as build_rules
 from cds.cards import OVERRIDE_REASONS, build_cards, card_uuid, read_result, summary
 from cds.catalogue import CriterionDef, TrialDef
 from cds.eligibility import (
@@ -30,6 +29,7 @@ from cds.eligibility import (
 from cds.markdown import shorten
 from cds.paths import PATIENTS_DIR
 from cds.record import assemble_record
+from cds.ruleset import build_ruleset as build_rules
 from cds.settings import Settings
 from tests.conftest import EVAL_AT
 

@@ -104,7 +104,7 @@ def test_escaped_text_stays_in_its_table_cell(cells: list[str]) -> None:
     tds = [t for t in tokens if t.type == "td_open"]
     assert len(tds) == 2, "no cell split, no cell lost"
     inlines = [t for t in tokens if t.type == "inline"][2:]
-    for inline, cell in zip(inlines, cells):
+    for inline, cell in zip(inlines, cells, strict=False):
         assert all(c.type in SAFE_INLINE for c in inline.children or []), [c.type for c in inline.children or []]
         assert _visible([inline]) == _expected(cell)
 

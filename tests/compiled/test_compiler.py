@@ -13,7 +13,7 @@ import logging
 import os
 import subprocess
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -26,7 +26,7 @@ from cds.engine.values import Code, decode
 from cds.paths import ELM_DIR
 from tests.conftest import compile_libraries
 
-AT = execution_time(datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc))
+AT = execution_time(datetime(2026, 11, 26, 9, 0, tzinfo=UTC))
 LOINC = "http://loinc.org"
 SCT = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"

@@ -19,7 +19,7 @@ import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -32,7 +32,7 @@ from cds.paths import BUNDLES_DIR
 from tests.compiled.conftest import Rules
 from tests.compiled.records import RecordGenerator, code_pools, covered
 
-AT = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc)
+AT = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 RECORDS = int(os.environ.get("TRIAL_CDS_DIFFERENTIAL_RECORDS", "10000"))
 BATCH = 250
 

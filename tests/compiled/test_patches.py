@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -23,7 +23,7 @@ from cds.engine.values import decode
 from cds.paths import BUNDLES_DIR
 from tests.compiled.conftest import Rules
 
-AT = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc)
+AT = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 ALL = ["retrieve-code-lists", "lean-execute", "shared-library-contexts", "fhir-distinct-keys", "overload-memo",
        "fhir-object-cache"]
 CORRECTNESS_ONLY = "retrieve-code-lists"

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from ..trials.test_000_criteria import fits
 from .fake_ehr import FakeEhr, closed_port
 
 # Patients are built "as of" now: the service evaluates at the hook's own time.
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 FIT = "svc-fit"  # likely eligible for trial 000, possibly for others
 NO_SLE = "svc-nosle"  # type 2 diabetes, no lupus: no cards
 OTHER = "svc-other"  # someone else, with SLE: must never leak into FIT's or NO_SLE's record

@@ -172,14 +172,13 @@ def _handler(ehr: FakeEhr) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             with ehr._lock:
                 ehr.seen.append(Seen(self.path, self.headers.get("Authorization"), self.headers.get("Cookie")))
             fault = ehr._take_fault()
             mode = fault.mode if fault else "ok"
-            if mode in ("hang", "slow"):
-                if fault.released.wait(fault.seconds) or ehr.stopping.is_set():
-                    return
+            if mode in ("hang", "slow") and (fault.released.wait(fault.seconds) or ehr.stopping.is_set()):
+                return
             if mode == "status":
                 self._send(fault.status, json.dumps(_outcome("exception", "fault injected")).encode())
                 return

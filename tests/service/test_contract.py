@@ -146,7 +146,7 @@ def test_card_uuids_are_stable_per_hook_instance_and_trial(fit_by_prefetch: Hook
 
 
 def test_patient_without_sle_gets_no_cards(service: Service) -> None:
-    resp, elapsed = service.hook(hook_body(NO_SLE, prefetch=service.prefetch(no_sle_resources(), NO_SLE)))
+    resp, _elapsed = service.hook(hook_body(NO_SLE, prefetch=service.prefetch(no_sle_resources(), NO_SLE)))
     assert resp.status_code == 200
     assert resp.json() == {"cards": []}
 

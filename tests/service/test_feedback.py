@@ -29,8 +29,20 @@ from typer.testing import CliRunner
 from cds.cli import app as cli
 from cds.synthetic.ehr import prefetch_for
 
-from .conftest import (CQL_HOOK_TIMEOUT, FEEDBACK_PATH, FIT, HOOK_PATH, STARTUP_TIMEOUT, HookCall, Service, bundle_of,
-                       fit_resources, free_port, hook_body, wait_for)
+from .conftest import (
+    CQL_HOOK_TIMEOUT,
+    FEEDBACK_PATH,
+    FIT,
+    HOOK_PATH,
+    STARTUP_TIMEOUT,
+    HookCall,
+    Service,
+    bundle_of,
+    fit_resources,
+    free_port,
+    hook_body,
+    wait_for,
+)
 
 NOW_Z = "2026-11-26T09:00:00Z"
 START = datetime(2026, 11, 26, 9, 0)

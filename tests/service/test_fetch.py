@@ -75,7 +75,7 @@ def test_a_server_outside_the_allowlist_receives_nothing(service: Service) -> No
     listener = Listener()
     try:
         token = "must-not-leave-" + "x" * 16
-        resp, elapsed = service.hook(hook_body(NO_SLE, fhir_server=listener.base_url, token=token), timeout=30)
+        resp, _elapsed = service.hook(hook_body(NO_SLE, fhir_server=listener.base_url, token=token), timeout=30)
         assert resp.status_code == 412
         assert "error" in resp.json() and "cannot be used" in resp.json()["error"]
         assert token not in resp.text

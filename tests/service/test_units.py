@@ -11,14 +11,14 @@ import pytest
 
 from cds.cards import card_uuid
 from cds.fhir.client import FhirAuthError, FhirClient, FhirError, FhirTimeout
+from cds.hooks.models import FeedbackRequest, HookRequest
+from cds.hooks.prefetch import PrefetchQuery
 from cds.hooks.routes import server_timing
 from cds.net.http import retry_after
 from cds.net.urls import UnsafeUrl, allowed, parse_http_url
+from cds.record import DataUnavailable, MalformedPrefetch, assemble_record
 from cds.web.body import parse_body
 from cds.web.errors import ApiError
-from cds.hooks.models import FeedbackRequest, HookRequest
-from cds.hooks.prefetch import PrefetchQuery
-from cds.record import DataUnavailable, MalformedPrefetch, assemble_record
 
 from .conftest import FIT, NO_SLE, fit_resources, no_sle_resources
 from .fake_ehr import FakeEhr, Listener

@@ -17,7 +17,6 @@ import pytest
 # The patient who fits the trial lives in the package (the synthetic patient generator uses it).
 from cds.synthetic.trial_records import bilag_panel
 from cds.synthetic.trial_records import fits_000 as fits
-
 from tests.conftest import EVAL_AT
 
 from .kit import Chart, ago, criterion, day, ev_for, evaluate_trial, missing_codes, notes, without

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from cds.synthetic import fhir as F
+
 # The patient who fits the trial lives in the package (the synthetic patient generator uses it).
 from cds.synthetic.trial_records import fits_002 as fits
-
 from tests.conftest import EVAL_AT
 
 from .kit import Chart, ago, day, ev_for, evaluate_trial, missing_codes, notes

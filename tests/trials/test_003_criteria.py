@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from cds.synthetic import fhir as F
+
 # The patient who fits the trial lives in the package (the synthetic patient generator uses it).
 from cds.synthetic.trial_records import DETECTED, NOT_DETECTED, blood_pressure, flag, score
 from cds.synthetic.trial_records import ago as _ago

@@ -17,6 +17,7 @@ import pytest
 
 from cds.paths import RULES_DIR
 from cds.synthetic import fhir as F
+
 # The patient who fits the trial lives in the package (the synthetic patient generator uses it).
 from cds.synthetic.trial_records import fits_004 as fits
 from cds.synthetic.trial_records import man_004 as _man

@@ -88,7 +88,7 @@ def units(to_si: bool) -> Callable[[Bundle], Bundle]:
             q = o.get("valueQuantity")
             code = next((x["code"] for x in o["code"].get("coding") or [] if x.get("system") == LOINC), None)
             swap = UNIT_SWAPS.get((code, (q or {}).get("code")))
-            if not q or swap is None or (swap[1] in ("umol/L", "g/L")) != to_si and swap[1] != "/uL":
+            if not q or swap is None or ((swap[1] in ("umol/L", "g/L")) != to_si and swap[1] != "/uL"):
                 continue
             new_code, new_unit, factor = swap
             q.update(value=round(q["value"] * factor, 4), unit=new_unit, code=new_unit, system=UCUM)
