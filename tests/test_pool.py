@@ -220,7 +220,8 @@ def test_worker_killed_mid_call(make_pool: Callable[..., WorkerPool]) -> None:
     error = outcome.get("error")
     assert isinstance(error, EngineError) and not isinstance(error, EngineTimeout), outcome
     assert f"worker {victim} exited" in str(error)
-    assert outcome["at"] - killed_at < 3.0, "the caller waited on a dead worker"
+    # Generous for a loaded machine, and still far below the call's 30 s timeout it would otherwise wait.
+    assert outcome["at"] - killed_at < 15.0, "the caller waited on a dead worker"
     assert reaped(victim)
     assert quick(pool)["Pairs"] == 3
     assert pool.pids and victim not in pool.pids
@@ -233,7 +234,8 @@ def test_hanging_call_times_out_and_worker_is_replaced(make_pool: Callable[..., 
     with pytest.raises(EngineTimeout, match=r"timed out after 1\.0 s"):
         pool.evaluate(["Probe"], None, AT, parameters=HANG, timeout=1.0)
     elapsed = time.monotonic() - started
-    assert 1.0 <= elapsed < 2.5, elapsed  # the timeout, plus killing the worker
+    # Not before the timeout; and it ends (the call would otherwise hang for ever): a generous deadline.
+    assert 1.0 <= elapsed < 20.0, elapsed
     assert reaped(victim), "the hung worker was not killed"
     assert quick(pool)["Next"] == 4
     [successor] = pool.pids
@@ -253,7 +255,7 @@ def test_broken_reply_is_an_error_and_worker_is_replaced(
     with pytest.raises(EngineError, match=re.escape(message)) as info:
         pool.evaluate(["Fake"], None, AT, parameters={"Fake": {"mode": mode}})
     assert not isinstance(info.value, EngineTimeout)
-    assert time.monotonic() - started < 5.0, "a broken reply must not wait for the timeout"
+    assert time.monotonic() - started < 15.0, "a broken reply must not wait for the 30 s timeout"
     assert reaped(victim)
     result = pool.evaluate(["Fake"], None, AT)["Fake"]
     assert result["Pid"] != victim and pool.pids == [result["Pid"]]
@@ -298,12 +300,12 @@ def test_idle_worker_killed_is_replaced_on_next_use(make_pool: Callable[..., Wor
 
 
 def test_start_failure_is_unavailable_and_leaves_nothing(probe_elm: dict[str, Any]) -> None:
-    pool = WorkerPool({"Probe": probe_elm}, size=2, start_timeout=5.0,
+    pool = WorkerPool({"Probe": probe_elm}, size=2, start_timeout=60.0,
                       command=[sys.executable, "-c", "import sys; sys.exit(1)"])
     started = time.monotonic()
     with pytest.raises(EngineUnavailable, match="failed to start"):
         pool.start()
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 30.0, "a worker that exits is not waited for until the 60 s start timeout"
     assert pool.pids == []
 
 
