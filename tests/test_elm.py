@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cds.engine import elm
-from cds.engine.elm import Coding
+from cds.engine.elm import CodeKey
 from cds.engine.translator import Translator
 from cds.paths import ELM_DIR, RULES_DIR
 
@@ -154,15 +154,15 @@ def test_static_codes_are_resolved(libraries: dict[str, dict[str, Any]]) -> None
     req = elm.data_requirements(["ElmMain"], libraries)
     obs = req["Observation"]
     assert obs.codes == {
-        Coding(LOINC, "2160-0"),  # CodeRef
-        Coding(LOINC, "14682-9"),  # Code selector inside a define list (ExpressionRef)
-        Coding(LOINC, "3094-0"),  # Property(codes) of a ConceptRef
-        Coding(LOINC, "718-7"),  # CodeRef into the included library
-        Coding(LOINC, "777-3"),  # ExpressionRef into the included library ...
-        Coding(LOINC, "26515-7"),  # ... resolving that library's own code system
+        CodeKey(LOINC, "2160-0"),  # CodeRef
+        CodeKey(LOINC, "14682-9"),  # Code selector inside a define list (ExpressionRef)
+        CodeKey(LOINC, "3094-0"),  # Property(codes) of a ConceptRef
+        CodeKey(LOINC, "718-7"),  # CodeRef into the included library
+        CodeKey(LOINC, "777-3"),  # ExpressionRef into the included library ...
+        CodeKey(LOINC, "26515-7"),  # ... resolving that library's own code system
     }
     assert obs.code_paths == {"code"}
-    assert req["Condition"].codes == {Coding(SNOMED, "55464009")}
+    assert req["Condition"].codes == {CodeKey(SNOMED, "55464009")}
     # By code or by a reference to a Medication with the code: every MedicationRequest and
     # every Medication may matter.
     assert req["MedicationRequest"].codes is None
@@ -207,13 +207,13 @@ def test_hand_written_elm_edge_cases() -> None:
             **extra,
         }}
 
-    def obs_codes(codes: Any) -> set[Coding] | None:
+    def obs_codes(codes: Any) -> set[CodeKey] | None:
         return elm.data_requirements(["L"], {"L": library("L", codes)})["Observation"].codes
 
     assert obs_codes({"type": "Union", "operand": [
         {"type": "ToList", "operand": {"type": "CodeRef", "name": "A"}},
         {"type": "List", "element": [{"type": "Code", "code": "2-2", "system": {"name": "LOINC"}}]},
-    ]}) == {Coding(LOINC, "1-1"), Coding(LOINC, "2-2")}
+    ]}) == {CodeKey(LOINC, "1-1"), CodeKey(LOINC, "2-2")}
     assert obs_codes({"type": "CodeRef", "name": "Missing"}) is None
     assert obs_codes({"type": "ExpressionRef", "name": "Self"}) is None  # a cycle ends, unresolved
     assert obs_codes({"type": "List", "element": [{"type": "CodeRef", "name": "A"}, {"type": "Null"}]}) is None

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cds.engine import Engine, elm
-from cds.engine.elm import Coding, TypeRequirement
+from cds.engine.elm import CodeKey, TypeRequirement
 from cds.engine.translator import Translator
 from cds.engine.trim import trim_bundle
 from cds.paths import ELM_DIR, RULES_DIR
@@ -165,8 +165,8 @@ def test_irrelevant_observations_change_nothing_and_are_trimmed(engine: Engine) 
 
     # The trimmed bundle held none of the noise, and the engine agrees without trimming.
     requirements = engine.requirements(["TrimProbe"])
-    assert requirements["Observation"].codes == {Coding(LOINC, "2160-0"), Coding(LOINC, "14682-9")}
-    assert requirements["Condition"].codes == {Coding(SNOMED, "55464009")}
+    assert requirements["Observation"].codes == {CodeKey(LOINC, "2160-0"), CodeKey(LOINC, "14682-9")}
+    assert requirements["Condition"].codes == {CodeKey(SNOMED, "55464009")}
     trimmed = trim_bundle(noisy, requirements)
     kept = sorted(e["resource"]["id"] for e in trimmed["entry"])
     assert kept == sorted(r["id"] for r in patient_record())
@@ -182,13 +182,13 @@ def test_irrelevant_observations_change_nothing_and_are_trimmed(engine: Engine) 
 # -- trim_bundle rules ------------------------------------------------------------------------
 
 
-def req(resource_type: str, codes: set[Coding] | None, *paths: str) -> TypeRequirement:
+def req(resource_type: str, codes: set[CodeKey] | None, *paths: str) -> TypeRequirement:
     return TypeRequirement(resource_type, set(paths), codes)
 
 
 PATIENT = {"resourceType": "Patient", "id": "p1"}
-CREATININE = {Coding(LOINC, "2160-0")}
-PREDNISONE = {Coding(RXNORM, "8640")}
+CREATININE = {CodeKey(LOINC, "2160-0")}
+PREDNISONE = {CodeKey(RXNORM, "8640")}
 
 
 def kept_ids(resources: list[dict[str, Any]], requirements: dict[str, TypeRequirement]) -> list[str]:
@@ -255,7 +255,7 @@ def test_any_code_path_of_a_type_may_keep_a_resource() -> None:
         {"resourceType": "Condition", "id": "neither", "code": {"coding": [{"system": SNOMED, "code": "1"}]},
          "category": [{"coding": [{"system": SNOMED, "code": "2"}]}]},
     ]
-    requirements = {"Condition": req("Condition", {Coding(SNOMED, "55464009"), Coding(SNOMED, "439401001")},
+    requirements = {"Condition": req("Condition", {CodeKey(SNOMED, "55464009"), CodeKey(SNOMED, "439401001")},
                                      "code", "category")}
     assert kept_ids(resources, requirements) == ["p1", "by-code", "by-category"]
 

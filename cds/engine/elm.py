@@ -19,7 +19,10 @@ ValueSetCodes = Mapping[str, Iterable[tuple[str, str]]]
 
 
 @dataclass(frozen=True, order=True)
-class Coding:
+class CodeKey:
+    """(system, code): what a retrieve filters on and what trimming matches a record's codings
+    against. A hashable, ordered key, not a FHIR Coding (that is cds.fhir.coding.Coding)."""
+
     system: str
     code: str
 
@@ -34,7 +37,7 @@ class TypeRequirement:
 
     resource_type: str
     code_paths: set[str] = field(default_factory=set)
-    codes: set[Coding] | None = field(default_factory=set)
+    codes: set[CodeKey] | None = field(default_factory=set)
 
     def merge_unfiltered(self) -> None:
         self.codes = None
@@ -108,7 +111,7 @@ class _Resolver:
         defs = (self.libraries[lib]["library"].get(section) or {}).get("def") or []
         return next((d for d in defs if d.get("name") == name), None)
 
-    def codes(self, node: Any, lib: str, depth: int = 0) -> set[Coding] | None:
+    def codes(self, node: Any, lib: str, depth: int = 0) -> set[CodeKey] | None:
         if depth > 20 or not isinstance(node, dict):
             return None
         kind = node.get("type")
@@ -120,16 +123,16 @@ class _Resolver:
             system_def = self._statement(target, "codeSystems", code_def["codeSystem"]["name"])
             if system_def is None:
                 return None
-            return {Coding(system_def["id"], code_def["id"])}
+            return {CodeKey(system_def["id"], code_def["id"])}
         if kind == "Code":
             system = node.get("system") or {}
             system_def = self._statement(self._lib(lib, system.get("libraryName")), "codeSystems",
                                          system.get("name", ""))
             if system_def is None:
                 return None
-            return {Coding(system_def["id"], node["code"])}
+            return {CodeKey(system_def["id"], node["code"])}
         if kind == "List":
-            out: set[Coding] = set()
+            out: set[CodeKey] = set()
             for element in node.get("element") or []:
                 got = self.codes(element, lib, depth + 1)
                 if got is None:
@@ -141,7 +144,7 @@ class _Resolver:
             vs_def = self._statement(target, "valueSets", node["name"])
             if vs_def is None or self.value_sets is None or vs_def["id"] not in self.value_sets:
                 return None
-            return {Coding(system, code) for system, code in self.value_sets[vs_def["id"]]}
+            return {CodeKey(system, code) for system, code in self.value_sets[vs_def["id"]]}
         if kind == "ExpandValueSet":
             return self.codes(node.get("operand"), lib, depth + 1)
         if kind in {"ToList", "ToConcept", "As"}:

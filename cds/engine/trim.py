@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .elm import Coding, TypeRequirement
+from .elm import CodeKey, TypeRequirement
 
 # Choice-typed code paths as they appear on the wire (FHIR JSON names the type in the key).
 _CHOICE_SUFFIXES = ("CodeableConcept", "Reference")
 
 
-def _codings_at(resource: Mapping[str, Any], path: str) -> list[Coding] | None:
+def _codings_at(resource: Mapping[str, Any], path: str) -> list[CodeKey] | None:
     """Codings at `path`, or None when the resource cannot be judged by its codes there."""
     value = resource.get(path)
     if value is None:
@@ -31,13 +31,13 @@ def _codings_at(resource: Mapping[str, Any], path: str) -> list[Coding] | None:
     if value is None:
         return None
     concepts = value if isinstance(value, list) else [value]
-    out: list[Coding] = []
+    out: list[CodeKey] = []
     for concept in concepts:
         if not isinstance(concept, Mapping):
             return None
         for coding in concept.get("coding") or []:
             if isinstance(coding, Mapping) and coding.get("system") and coding.get("code"):
-                out.append(Coding(str(coding["system"]), str(coding["code"])))
+                out.append(CodeKey(str(coding["system"]), str(coding["code"])))
     return out
 
 

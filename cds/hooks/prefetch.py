@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.elm import Coding, TypeRequirement, data_requirements
+from ..engine.elm import CodeKey, TypeRequirement, data_requirements
 
 PATIENT_TOKEN = "{{context.patientId}}"
 # Keep each query well under common URL limits (8 KB) even after percent-encoding.
@@ -51,8 +51,8 @@ class PrefetchQuery:
         return "?" not in self.template
 
 
-def _chunks(codes: list[Coding], prefix: str) -> list[list[Coding]]:
-    chunks: list[list[Coding]] = [[]]
+def _chunks(codes: list[CodeKey], prefix: str) -> list[list[CodeKey]]:
+    chunks: list[list[CodeKey]] = [[]]
     size = len(prefix)
     for c in codes:
         token = len(c.system) + len(c.code) + 2

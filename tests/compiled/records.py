@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cds.engine.elm import Coding, TypeRequirement
+from cds.engine.elm import CodeKey, TypeRequirement
 
 UCUM = "http://unitsofmeasure.org"
 FHIR_TYPES = ("Observation", "Condition", "MedicationRequest", "MedicationStatement", "Procedure", "Immunization")
@@ -58,14 +58,14 @@ ValueSets = Mapping[str, Mapping[str, Sequence[Mapping[str, str]]]]
 
 
 def code_pools(libraries: Mapping[str, Mapping[str, Any]], value_sets: ValueSets | None = None
-               ) -> dict[str, list[Coding]]:
+               ) -> dict[str, list[CodeKey]]:
     """Every code written in the libraries (Code selectors and code definitions), by system URL,
     plus every code of the value sets given (url -> version -> codes)."""
-    pools: dict[str, set[Coding]] = {}
+    pools: dict[str, set[CodeKey]] = {}
 
     def add(system: str | None, code: str | None) -> None:
         if system and code:
-            pools.setdefault(system, set()).add(Coding(system, code))
+            pools.setdefault(system, set()).add(CodeKey(system, code))
 
     for elm in libraries.values():
         lib = elm["library"]
@@ -91,7 +91,7 @@ def code_pools(libraries: Mapping[str, Mapping[str, Any]], value_sets: ValueSets
 class RecordGenerator:
     """`record(i)` is the i-th record (a Bundle); the same seed gives the same records."""
 
-    def __init__(self, requirements: Mapping[str, TypeRequirement], pools: Mapping[str, list[Coding]],
+    def __init__(self, requirements: Mapping[str, TypeRequirement], pools: Mapping[str, list[CodeKey]],
                  at: datetime, seed: int = 14) -> None:
         self.requirements = requirements
         self.pools = pools
@@ -99,7 +99,7 @@ class RecordGenerator:
         self.seed = seed
         self.all_codes = sorted({c for codes in pools.values() for c in codes})
         # Codes by resource type: those its retrieves filter on, else every code we know.
-        self.by_type: dict[str, list[Coding]] = {}
+        self.by_type: dict[str, list[CodeKey]] = {}
         for rtype in FHIR_TYPES:
             req = requirements.get(rtype)
             self.by_type[rtype] = sorted(req.codes) if req is not None and req.codes else self.all_codes
@@ -138,7 +138,7 @@ class RecordGenerator:
             text += f".{r.randint(0, 999):03d}"
         return text + offset
 
-    def concept(self, r: random.Random, pool: list[Coding]) -> dict[str, Any]:
+    def concept(self, r: random.Random, pool: list[CodeKey]) -> dict[str, Any]:
         kind = r.random()
         if kind < 0.06:
             return {"text": r.choice(("lupus", "unknown", "free text only", "SLE flare"))}
@@ -301,7 +301,7 @@ class RecordGenerator:
                 "low": self.quantity(r, ("mg",)), "high": self.quantity(r, ("mg",))}}]
         return out
 
-    def medication(self, r: random.Random, pid: str, rid: str, statement: bool, ingredient: Coding,
+    def medication(self, r: random.Random, pid: str, rid: str, statement: bool, ingredient: CodeKey,
                    start: datetime) -> dict[str, Any]:
         rtype = "MedicationStatement" if statement else "MedicationRequest"
         res: dict[str, Any] = {"resourceType": rtype, "id": rid, "subject": {"reference": f"Patient/{pid}"}}
@@ -400,7 +400,7 @@ class RecordGenerator:
 
 
 def covered(records: Iterable[Mapping[str, Any]], requirements: Mapping[str, TypeRequirement]
-            ) -> dict[str, set[Coding]]:
+            ) -> dict[str, set[CodeKey]]:
     """Of each retrieve's codes, those not present in any of `records` (empty sets: all covered)."""
     seen: set[tuple[str, str, str]] = set()
     types: set[str] = set()
@@ -411,10 +411,10 @@ def covered(records: Iterable[Mapping[str, Any]], requirements: Mapping[str, Typ
             for key in ("code", "vaccineCode", "medicationCodeableConcept"):
                 for c in (res.get(key) or {}).get("coding") or []:
                     seen.add((res["resourceType"], c.get("system"), c.get("code")))
-    missing: dict[str, set[Coding]] = {}
+    missing: dict[str, set[CodeKey]] = {}
     for rtype, req in requirements.items():
         if req.codes is None:
-            missing[rtype] = set() if rtype in types else {Coding("*", "*")}
+            missing[rtype] = set() if rtype in types else {CodeKey("*", "*")}
         else:
             missing[rtype] = {c for c in req.codes if (rtype, c.system, c.code) not in seen}
     return missing
