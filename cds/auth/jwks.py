@@ -17,7 +17,6 @@ Decisions (DESIGN, "Auth"):
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -27,9 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
-import requests
 
-from ..net.http import BodyBroken, BodyDeadline, BodyTooLarge, read_body, shared_session
+from ..net.http import FetchFailed, fetch_json
 from ..net.urls import HttpUrl, parse_http_url
 
 log = logging.getLogger(__name__)
@@ -45,24 +43,12 @@ class JwksUnavailable(Exception):
 
 def fetch_jwks(url: HttpUrl) -> dict[str, Any]:
     """GET a JWK Set through the hardened session, within FETCH_DEADLINE and MAX_JWKS_BYTES."""
-    deadline = time.monotonic() + FETCH_DEADLINE
     try:
-        resp = shared_session().get(str(url), timeout=FETCH_TIMEOUT, allow_redirects=False, stream=True,
-                                    headers={"Accept": "application/jwk-set+json, application/json"})
-    except requests.RequestException as exc:
-        raise JwksUnavailable(f"unreachable ({exc.__class__.__name__})") from None
-    try:
-        if resp.status_code != 200:
-            raise JwksUnavailable(f"HTTP {resp.status_code}")
-        body = read_body(resp, max_bytes=MAX_JWKS_BYTES, deadline=deadline)
-    except (BodyTooLarge, BodyDeadline, BodyBroken) as exc:
-        raise JwksUnavailable(f"body not read ({exc})") from None
-    finally:
-        resp.close()
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        raise JwksUnavailable("not JSON") from None
+        doc = fetch_json(str(url), max_bytes=MAX_JWKS_BYTES, timeout=FETCH_TIMEOUT,
+                         deadline=time.monotonic() + FETCH_DEADLINE,
+                         headers={"Accept": "application/jwk-set+json, application/json"})
+    except FetchFailed as exc:
+        raise JwksUnavailable(str(exc)) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
         raise JwksUnavailable("not a JWK Set")
     return doc

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import email.utils
 import http.cookiejar
+import json
 import threading
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import requests
 import urllib3
@@ -80,6 +83,33 @@ def read_body(resp: requests.Response, *, max_bytes: int, deadline: float | None
         raise BodyBroken(f"cut off or corrupt ({exc.__class__.__name__})") from None
     except urllib3.exceptions.HTTPError as exc:
         raise BodyBroken(f"unreadable ({exc.__class__.__name__})") from None
+
+
+class FetchFailed(Exception):
+    """A JSON document could not be had (the message says why, for the log; never a secret)."""
+
+
+def fetch_json(url: str, *, max_bytes: int, timeout: float, deadline: float, headers: Mapping[str, str],
+               method: str = "GET", body: Any = None, session: requests.Session | None = None) -> Any:
+    """One JSON request through the hardened session: no redirects, per-read `timeout`, the whole
+    body within `max_bytes` and the monotonic `deadline`, 200 only. Raises FetchFailed."""
+    try:
+        resp = (session or shared_session()).request(method, url, json=body, timeout=timeout, stream=True,
+                                                     allow_redirects=False, headers=dict(headers))
+    except requests.RequestException as exc:
+        raise FetchFailed(f"unreachable ({exc.__class__.__name__})") from None
+    try:
+        if resp.status_code != 200:
+            raise FetchFailed(f"HTTP {resp.status_code}")
+        raw = read_body(resp, max_bytes=max_bytes, deadline=deadline)
+    except (BodyTooLarge, BodyDeadline, BodyBroken) as exc:
+        raise FetchFailed(f"body not read ({exc})") from None
+    finally:
+        resp.close()
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise FetchFailed("not JSON") from None
 
 
 def retry_after(value: str | None) -> float | None:

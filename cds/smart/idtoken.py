@@ -15,16 +15,14 @@ discovery document (`jwks_uri`); only configured issuers are ever fetched.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
-import requests
 
 from ..auth.jwks import FETCH_DEADLINE, FETCH_TIMEOUT, IssuerKeys, JwksUnavailable, fetch_jwks
-from ..net.http import BodyBroken, BodyDeadline, BodyTooLarge, read_body, shared_session
+from ..net.http import FetchFailed, fetch_json
 from ..net.urls import HttpUrl, UnsafeUrl, parse_http_url
 
 ALGORITHMS = ["RS256", "RS384", "ES256", "ES384", "PS256"]
@@ -45,22 +43,12 @@ class Caller:
 
 def fetch_oidc_jwks(discovery: HttpUrl) -> dict[str, Any]:
     """The issuer's JWK Set, found through its OpenID discovery document."""
-    deadline = time.monotonic() + FETCH_DEADLINE
     try:
-        resp = shared_session().get(str(discovery), timeout=FETCH_TIMEOUT, allow_redirects=False, stream=True,
-                                    headers={"Accept": "application/json"})
-    except requests.RequestException as exc:
-        raise JwksUnavailable(f"discovery unreachable ({exc.__class__.__name__})") from None
+        doc = fetch_json(str(discovery), max_bytes=MAX_DISCOVERY_BYTES, timeout=FETCH_TIMEOUT,
+                         deadline=time.monotonic() + FETCH_DEADLINE, headers={"Accept": "application/json"})
+    except FetchFailed as exc:
+        raise JwksUnavailable(f"discovery: {exc}") from None
     try:
-        if resp.status_code != 200:
-            raise JwksUnavailable(f"discovery answered HTTP {resp.status_code}")
-        body = read_body(resp, max_bytes=MAX_DISCOVERY_BYTES, deadline=deadline)
-    except (BodyTooLarge, BodyDeadline, BodyBroken) as exc:
-        raise JwksUnavailable(f"discovery not read ({exc})") from None
-    finally:
-        resp.close()
-    try:
-        doc = json.loads(body)
         jwks_uri = parse_http_url(doc["jwks_uri"])
     except (ValueError, KeyError, TypeError) as exc:  # UnsafeUrl is a ValueError
         why = str(exc) if isinstance(exc, UnsafeUrl) else exc.__class__.__name__

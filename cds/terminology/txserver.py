@@ -27,7 +27,7 @@ from typing import Any
 import requests
 
 from ..fhir.systems import SNOMEDCT
-from ..net.http import BodyBroken, BodyDeadline, BodyTooLarge, new_session, read_body, shared_session
+from ..net.http import FetchFailed, fetch_json, new_session
 from ..net.urls import UnsafeUrl, parse_http_url
 from .codeservice import Code, ValueSetExpansion, _unique
 
@@ -80,25 +80,12 @@ def expand_snomed(base: str, vs: ValueSetExpansion, includes: list[dict[str, Any
             {"name": "count", "valueInteger": MAX_CODES},
         ],
     }
-    http = session or shared_session()
     try:
-        reply = http.post(f"{base}/ValueSet/$expand", json=body, timeout=timeout, stream=True,
-                          headers={"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"},
-                          allow_redirects=False)
-    except requests.RequestException as exc:
-        raise TerminologyError(f"{exc.__class__.__name__}: {str(exc)[:200]}") from None
-    try:
-        if reply.status_code != 200:
-            raise TerminologyError(f"HTTP {reply.status_code} from $expand")
-        raw = read_body(reply, max_bytes=MAX_EXPANSION_BYTES, deadline=time.monotonic() + timeout * 3)
-    except (BodyTooLarge, BodyDeadline, BodyBroken) as exc:
-        raise TerminologyError(f"$expand answer not read ({exc})") from None
-    finally:
-        reply.close()
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise TerminologyError("$expand answered with something that is not JSON") from None
+        doc = fetch_json(f"{base}/ValueSet/$expand", method="POST", body=body, session=session,
+                         max_bytes=MAX_EXPANSION_BYTES, timeout=timeout, deadline=time.monotonic() + timeout * 3,
+                         headers={"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"})
+    except FetchFailed as exc:
+        raise TerminologyError(f"$expand: {exc}") from None
     if not isinstance(doc, dict) or doc.get("resourceType") != "ValueSet":
         raise TerminologyError("$expand did not answer with a ValueSet")
     expansion = doc.get("expansion") or {}
