@@ -18,30 +18,16 @@ one patient, for modules that write resources directly.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 from cds.engine import Engine
 from cds.synthetic import fhir as F
+from cds.synthetic.trial_records import NEG, POS, ago, born  # the synthetic records' own, one definition
 
 Resource = dict[str, Any]
 When = float | int | date | datetime | None
 Part = Callable[[str, datetime], Resource | list[Resource]]
-
-POS = ("SNOMEDCT", "10828004")
-NEG = ("SNOMEDCT", "260385009")
-DETECTED = ("SNOMEDCT", "260373001")
-NOT_DETECTED = ("SNOMEDCT", "260415000")
-
-
-# -- time and ids ---------------------------------------------------------------------------------
-
-def ago(at: datetime, days: float) -> datetime:
-    return at - timedelta(days=days)
-
-
-def born(at: datetime, years: float) -> date:
-    return (at - timedelta(days=round(365.25 * years))).date()
 
 
 def when_of(at: datetime, when: When) -> datetime | date | None:
