@@ -15,6 +15,7 @@ from rich.console import Console
 from .paths import BUNDLES_DIR, ELM_DIR, RULES_DIR
 
 if TYPE_CHECKING:
+    from .catalogue import Catalogue
     from .settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Clinical-trial eligibility as CDS Hooks over FHIR R4.")
@@ -93,6 +94,19 @@ def _parse_at(at: str | None) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _load_catalogue(directory: Path) -> Catalogue:
+    """The trial bundles in `directory`, problems reported; exit 1 when there is no trial."""
+    from .catalogue import Catalogue
+
+    cat = Catalogue.from_directory(directory)
+    for problem in cat.problems:
+        err.print(f"[yellow]catalogue: {problem}[/yellow]", markup=True)
+    if not cat.trials:
+        err.print(f"no trials found in {directory} (run `trial-cds build`)")
+        raise typer.Exit(1)
+    return cat
+
+
 @app.command()
 def evaluate(
     bundle: Annotated[Path, typer.Argument(help="A patient's FHIR Bundle (JSON)")],
@@ -101,18 +115,12 @@ def evaluate(
     catalogue: Annotated[Path, typer.Option(help="Directory of trial bundles")] = BUNDLES_DIR,
 ) -> None:
     """Evaluate one patient's Bundle against every trial and print the verdicts."""
-    from .catalogue import Catalogue
     from .eligibility import evaluate_trials
     from .engine import Engine, EngineError
 
     doc = _read_bundle(bundle)
     when = _parse_at(at)
-    cat = Catalogue.from_directory(catalogue)
-    for problem in cat.problems:
-        err.print(f"[yellow]catalogue: {problem}[/yellow]", markup=True)
-    if not cat.trials:
-        err.print(f"no trials found in {catalogue} (run `trial-cds build`)")
-        raise typer.Exit(1)
+    cat = _load_catalogue(catalogue)
     with Engine(cat.libraries, pool_size=1) as engine:
         try:
             results = evaluate_trials(engine, cat, doc, when)
@@ -272,7 +280,6 @@ def screen(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress display")] = False,
 ) -> None:
     """Screen every patient of a Bulk FHIR export against every trial (Apache Spark); write the results."""
-    from .catalogue import Catalogue
 
     try:
         from .screen import ScreenError, run_screen, spark_session
@@ -281,12 +288,7 @@ def screen(
         err.print(f"trial-cds screen needs PySpark: pip install -e '.[screen]' ({exc})")
         raise typer.Exit(2) from None
     when = _parse_at(at)
-    cat = Catalogue.from_directory(catalogue)
-    for problem in cat.problems:
-        err.print(f"[yellow]catalogue: {problem}[/yellow]", markup=True)
-    if not cat.trials:
-        err.print(f"no trials found in {catalogue} (run `trial-cds build`)")
-        raise typer.Exit(1)
+    cat = _load_catalogue(catalogue)
     try:
         from .screen.job import choose_trials
 

@@ -41,6 +41,14 @@ class JwksUnavailable(Exception):
     """The issuer's JWK Set could not be fetched (the message says why, for the log)."""
 
 
+class KeyRefused(Exception):
+    """No key of the issuer may check this signature (the message says why, for the log)."""
+
+
+# The JWK `kty` a JWS `alg` needs, by the alg's family (RS/PS: RSA, ES: EC).
+KEY_TYPE_OF_ALG = {"RS": "RSA", "PS": "RSA", "ES": "EC"}
+
+
 def fetch_jwks(url: HttpUrl) -> dict[str, Any]:
     """GET a JWK Set through the hardened session, within FETCH_DEADLINE and MAX_JWKS_BYTES."""
     try:
@@ -122,6 +130,19 @@ class IssuerKeys:
             if not entry.loaded and entry.error:
                 raise JwksUnavailable(entry.error)
         return self.cached(issuer, kid)
+
+    async def signing_key(self, issuer: str, kid: str, alg: str) -> jwt.PyJWK:
+        """The issuer's key `kid`, fit for `alg`; KeyRefused (unavailable, unknown kid, wrong kind)."""
+        try:
+            key = await self.key(issuer, kid)
+        except JwksUnavailable as exc:
+            raise KeyRefused(f"JWK Set of issuer {issuer} unavailable: {exc}") from None
+        if key is None:
+            shown = kid if len(kid) <= 40 else kid[:37] + "..."
+            raise KeyRefused(f"unknown kid {shown!r} for issuer {issuer}")
+        if key.key_type != KEY_TYPE_OF_ALG.get(alg[:2]):
+            raise KeyRefused(f"alg {alg} does not fit the {key.key_type} key")
+        return key
 
     def _refresh(self, issuer: str) -> Future[None] | None:
         """The fetch in flight for `issuer`, a new one when the interval allows, else None."""

@@ -7,14 +7,24 @@ send (extra fields are kept, as the spec's extension mechanism allows).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..fhir.coding import Coding
 from ..net.urls import UnsafeUrl, parse_http_url
 
 FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
+
+
+def _not_a_path_segment(value: str) -> str:
+    # "." and ".." match FHIR's id pattern but would walk up a URL path when placed in one.
+    if set(value) == {"."}:
+        raise ValueError("not a FHIR id")
+    return value
+
+
+FhirId = Annotated[str, Field(pattern=FHIR_ID), AfterValidator(_not_a_path_segment)]
 
 
 class _In(BaseModel):
@@ -50,16 +60,9 @@ class FhirAuthorization(_In):
 
 
 class PatientViewContext(_In):
-    patientId: str = Field(pattern=FHIR_ID)
+    patientId: FhirId
     userId: str | None = None
     encounterId: str | None = None
-
-    @field_validator("patientId")
-    @classmethod
-    def _not_a_path_segment(cls, value: str) -> str:
-        if set(value) == {"."}:
-            raise ValueError("context.patientId is not a FHIR id")
-        return value
 
 
 class HookRequest(_In):

@@ -21,12 +21,11 @@ from typing import Any
 
 import jwt
 
-from ..auth.jwks import FETCH_DEADLINE, FETCH_TIMEOUT, IssuerKeys, JwksUnavailable, fetch_jwks
+from ..auth.jwks import FETCH_DEADLINE, FETCH_TIMEOUT, IssuerKeys, JwksUnavailable, KeyRefused, fetch_jwks
 from ..net.http import FetchFailed, fetch_json
 from ..net.urls import HttpUrl, UnsafeUrl, parse_http_url
 
 ALGORITHMS = ["RS256", "RS384", "ES256", "ES384", "PS256"]
-KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC"}
 MAX_DISCOVERY_BYTES = 256 * 1024
 
 
@@ -92,13 +91,9 @@ class IdTokenVerifier:
         if not isinstance(kid, str) or not kid or len(kid) > 256:
             raise IdTokenError("the id_token has no usable kid")
         try:
-            key = await self.keys.key(issuer, kid)
-        except JwksUnavailable as exc:
-            raise IdTokenError(f"the issuer's keys are unavailable: {exc}") from None
-        if key is None:
-            raise IdTokenError(f"unknown kid {kid[:40]!r} for issuer {issuer}")
-        if key.key_type != KEY_TYPES[alg[:2]]:
-            raise IdTokenError(f"id_token alg {alg} does not fit the {key.key_type} key")
+            key = await self.keys.signing_key(issuer, kid, alg)
+        except KeyRefused as exc:
+            raise IdTokenError(f"id_token {exc}") from None
         try:
             claims: dict[str, Any] = jwt.decode(token, key.key, algorithms=[alg], audience=self._client_id,
                                                 issuer=unverified["iss"], options={"require": ["exp", "iat", "sub"]},
