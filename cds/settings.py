@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -81,7 +82,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"TRIAL_CDS_TRUSTED_ISSUERS: JWKS URL of {iss!r} refused by the URL policy: {exc}") from None
         return value
 
-    @property
+    @cached_property
     def allowlist(self) -> list[HttpUrl]:
         """The FHIR servers the service may call with a client's token, parsed by the URL policy."""
         return [parse_http_url(url) for url in self.fhir_allowlist]
